@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 
 __all__ = [
     "PROBLEM_BASE",
-    "Conflict",
     "ConfigError",
+    "Conflict",
     "CryptoError",
     "Forbidden",
     "InvalidInput",

@@ -46,7 +46,7 @@ def test_pq_rejects_malformed_messages():
 
 
 def test_pq_tampered_init_gives_different_secret():
-    """A modified ML-KEM ciphertext yields a different (implicit-rejection) secret, never the same."""
+    """A modified ML-KEM ciphertext yields a different (implicitly rejected) secret."""
     responder = PqResponder()
     message, mine = pq_initiate(responder.public_bytes())
     bad = bytes([message[0] ^ 1]) + message[1:]
@@ -90,7 +90,7 @@ def test_key_id_round_trip_and_rejects_garbage():
     """Key IDs print and parse back; malformed ones are input errors."""
     kid = KeyId(uuid.uuid4(), "abc123", 7)
     assert KeyId.parse(str(kid)) == kid
-    for bad in ["", "x.1", "q.not-a-uuid", "n.5", "q.%s|q.%s" % (uuid.uuid4(), uuid.uuid4())]:
+    for bad in ["", "x.1", "q.not-a-uuid", "n.5", f"q.{uuid.uuid4()}|q.{uuid.uuid4()}"]:
         with pytest.raises(InvalidInput):
             KeyId.parse(bad)
 
@@ -183,7 +183,8 @@ def test_pool_uses_each_key_once_and_warns_low(caplog):
     wallet, platform = _pools(n=4, low_water=2)
     caplog.set_level(logging.WARNING)
     first = wallet.get_keys("platform", 2)
-    assert wallet.low and wallet.remaining == 2
+    assert wallet.low
+    assert wallet.remaining == 2
     assert "low" in caplog.text
     assert platform.get_keys_by_id("wallet", [first[0].key_id])[0].key == first[0].key
     with pytest.raises(KeySupplyBadRequest):

@@ -44,7 +44,13 @@ def budget(
         None, help="Secret key rate of the link in bit/s (default: measured from a simulation)."
     ),
     pulse_rate: float = typer.Option(
-        1e8, help="Source pulse rate in Hz, used to turn a simulation into bit/s."
+        1e9, help="Source pulse rate in Hz, used to turn a simulation into bit/s."
+    ),
+    loss: float = typer.Option(
+        0.99,
+        min=0.0,
+        max=0.9999,
+        help="Channel + detector loss of the simulated link (0.99 = 20 dB).",
     ),
     message_rate: float = typer.Option(1770.0, help="Messages per second on the hop."),
     messages: list[int] = typer.Option([100, 1000], help="Session rekey after N messages."),
@@ -58,20 +64,26 @@ def budget(
     if link_bps is None:
         from patientkey.kme.bb84 import LinkParams, simulate
 
-        pulses = 1_000_000
-        result = simulate(LinkParams(pulses=pulses, noise=0.02), seed=1)
+        pulses = 5_000_000
+        result = simulate(LinkParams(pulses=pulses, noise=0.02, loss=loss), seed=1)
         link_bps = result.secret_bits / pulses * pulse_rate
-        source = f"BB84 simulation at 2 % noise, {pulse_rate:g} pulses/s"
-    policies = [RekeyPolicy.per_message()] + [RekeyPolicy(messages=n, seconds=seconds) for n in messages]
+        source = f"simulated BB84, 2 % noise, loss {loss:g}, {pulse_rate:g} pulses/s"
+    policies = [RekeyPolicy.per_message()] + [
+        RekeyPolicy(messages=n, seconds=seconds) for n in messages
+    ]
     rows = [budget_row(p, link_bps, message_rate) for p in policies]
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table(title=f"Key budget: link {link_bps:,.0f} bit/s ({source}), {message_rate:g} msg/s")
+    table = Table(
+        title=f"Key budget: link {link_bps:,.0f} bit/s ({source}), {message_rate:g} msg/s"
+    )
     for col in ("policy", "QKD bits / message", "sustainable msg/s"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for row in rows:
         table.add_row(
-            str(row["policy"]), f"{row['qkd_bits_per_message']:g}", f"{row['sustainable_msgs_per_s']:,}"
+            str(row["policy"]),
+            f"{row['qkd_bits_per_message']:g}",
+            f"{row['sustainable_msgs_per_s']:,}",
         )
     Console().print(table)

@@ -1,0 +1,5 @@
+"""``python -m patientkey`` is the ``patientkey`` command (used to start party processes)."""
+
+from patientkey.cli import main
+
+main()

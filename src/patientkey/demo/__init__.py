@@ -1,0 +1,1 @@
+"""Demos behind ``patientkey demo`` (``make demo``)."""
