@@ -1,0 +1,334 @@
+"""Every message the parties exchange, as frozen, self-checking pydantic models.
+
+A message travels as the UTF-8 JSON payload of a hop envelope whose ``mty``
+header is the model's ``MTYPE``; binary fields are base64url without padding.
+Each model refuses unknown fields and out-of-range values on creation, so a
+handler only ever sees well-formed input (limits on by default).
+
+Who sends what (DESIGN.md, "The four prescription operations"):
+
+========================  ==================  =========================================
+message                   hop                 purpose
+========================  ==================  =========================================
+BindRequest               wallet → platform   User_ID, HIS_ID, Patient_ID, nonce, proof
+BindVerify                platform → HIS      Patient_ID, User_ID, nonce, proof
+BindReply                 HIS → platform →    {f(n)}KUH, the mutual-authentication reply
+                          wallet
+RotatePrepare             wallet → platform   {KUH_new}KUH_cur, new version
+  (+ Patient_ID)          platform → HIS
+RotateAck                 HIS → … → wallet    MAC(KUH_new, …): the HIS holds the new key
+RotateCommit              wallet → … → HIS    MAC(KUH_new, …): switch to the new key
+RecordsAnnounce           HIS → platform      metadata only: P_ID and record type
+ListRequest / RecordList  wallet ↔ platform   what the wallet may fetch, dispense state
+FetchRequest              wallet → platform   User_ID, HIS_ID, P_ID
+RecordRequest             platform → HIS      Patient_ID, P_ID
+RecordReply               … → wallet          the sealed record (ciphertext)
+ShareRequest / ShareOffer wallet ↔ platform   ciphertext + third party's HPKE key
+ShareDelivery             wallet → platform   the new recipient entry + next KUB (wrapped)
+ShareRelay                platform → third    the sealed record with that entry
+ShareReceipt              third → … → wallet  which KUB version it now holds
+DispenseRequest           third → platform    claim / complete / release
+DispenseState             platform → third    the state after it
+========================  ==================  =========================================
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic.functional_validators import BeforeValidator
+
+from patientkey.errors import InvalidInput, PayloadTooLarge
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "B64Bytes",
+    "BindReply",
+    "BindRequest",
+    "BindVerify",
+    "DispenseRequest",
+    "DispenseState",
+    "FetchRequest",
+    "Ident",
+    "ListRequest",
+    "Message",
+    "RecordEntry",
+    "RecordList",
+    "RecordReply",
+    "RecordRequest",
+    "RecordsAnnounce",
+    "RotateAck",
+    "RotateCommit",
+    "RotatePrepare",
+    "ShareDelivery",
+    "ShareOffer",
+    "ShareReceipt",
+    "ShareRelay",
+    "ShareRequest",
+    "decode_message",
+    "encode_message",
+]
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_BLOB_BYTES = 3 * 1024 * 1024
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def _check_ident(value: object) -> str:
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+        raise ValueError(
+            "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - (starting alphanumeric)"
+        )
+    return value
+
+
+def _b64decode(value: object) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        if len(value) > MAX_BLOB_BYTES * 4 // 3 + 4 or not re.fullmatch(r"[A-Za-z0-9_-]*", value):
+            raise ValueError("must be base64url without padding")
+        try:
+            data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except ValueError as exc:
+            raise ValueError("must be base64url without padding") from exc
+    else:
+        raise ValueError("must be a base64url string")  # noqa: TRY004 - pydantic wants ValueError
+    if len(data) > MAX_BLOB_BYTES:
+        raise ValueError("too large")
+    return data
+
+
+def _b64encode(value: bytes) -> str:
+    return base64.urlsafe_b64encode(value).rstrip(b"=").decode("ascii")
+
+
+M = TypeVar("M", bound="Message")
+
+Ident = Annotated[str, BeforeValidator(_check_ident)]
+B64Bytes = Annotated[
+    bytes, BeforeValidator(_b64decode), PlainSerializer(_b64encode, return_type=str)
+]
+Version = Annotated[int, Field(ge=1, le=2**31)]
+RecordType = Literal["prescription", "report"]
+
+
+class Message(BaseModel):
+    """Base of every message: frozen, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    MTYPE: ClassVar[str] = ""
+
+
+class BindRequest(Message):
+    MTYPE = "bind.request"
+    user_id: Ident
+    his_id: Ident
+    patient_id: Ident
+    nonce: B64Bytes = Field(min_length=32, max_length=32)
+    proof: B64Bytes = Field(min_length=32, max_length=32)
+
+
+class BindVerify(Message):
+    MTYPE = "bind.verify"
+    user_id: Ident
+    patient_id: Ident
+    nonce: B64Bytes = Field(min_length=32, max_length=32)
+    proof: B64Bytes = Field(min_length=32, max_length=32)
+
+
+class BindReply(Message):
+    MTYPE = "bind.reply"
+    his_id: Ident
+    patient_id: Ident
+    reply: B64Bytes = Field(min_length=1, max_length=256)
+
+
+class RotatePrepare(Message):
+    MTYPE = "rotate.prepare"
+    user_id: Ident
+    his_id: Ident
+    patient_id: Ident | None = None  # added by the platform when it forwards
+    current_version: Version
+    new_version: Version
+    wrapped_key: B64Bytes = Field(min_length=40, max_length=128)
+    nonce: B64Bytes = Field(min_length=32, max_length=32)
+
+
+class RotateAck(Message):
+    MTYPE = "rotate.ack"
+    his_id: Ident
+    new_version: Version
+    ack: B64Bytes = Field(min_length=32, max_length=32)
+
+
+class RotateCommit(Message):
+    MTYPE = "rotate.commit"
+    user_id: Ident
+    his_id: Ident
+    patient_id: Ident | None = None
+    new_version: Version
+    nonce: B64Bytes = Field(min_length=32, max_length=32)
+    proof: B64Bytes = Field(min_length=32, max_length=32)
+
+
+class AnnouncedRecord(Message):
+    p_id: Ident
+    record_type: RecordType
+
+
+class RecordsAnnounce(Message):
+    MTYPE = "records.announce"
+    patient_id: Ident
+    records: list[AnnouncedRecord] = Field(min_length=1, max_length=10_000)
+
+
+class ListRequest(Message):
+    MTYPE = "records.list"
+    user_id: Ident
+
+
+class RecordEntry(Message):
+    his_id: Ident
+    p_id: Ident
+    record_type: RecordType
+    fetched: bool
+    dispense: Literal["open", "claimed", "completed"] | None = None
+    shared_with: list[Ident] = Field(default_factory=list, max_length=1000)
+
+
+class RecordList(Message):
+    MTYPE = "records.listed"
+    records: list[RecordEntry] = Field(max_length=100_000)
+
+
+class FetchRequest(Message):
+    MTYPE = "record.fetch"
+    user_id: Ident
+    his_id: Ident
+    p_id: Ident
+
+
+class RecordRequest(Message):
+    MTYPE = "record.request"
+    patient_id: Ident
+    p_id: Ident
+
+
+class RecordReply(Message):
+    MTYPE = "record.reply"
+    his_id: Ident
+    p_id: Ident
+    sealed: B64Bytes = Field(min_length=1)
+
+
+class ShareRequest(Message):
+    MTYPE = "share.request"
+    user_id: Ident
+    his_id: Ident
+    p_id: Ident
+    b_id: Ident
+
+
+class ShareOffer(Message):
+    MTYPE = "share.offer"
+    his_id: Ident
+    p_id: Ident
+    b_id: Ident
+    sealed: B64Bytes = Field(min_length=1)
+    hpke_public: B64Bytes = Field(min_length=1216, max_length=1216)
+    certificate_pem: str = Field(min_length=1, max_length=16_384)
+
+
+class ShareDelivery(Message):
+    MTYPE = "share.deliver"
+    user_id: Ident
+    his_id: Ident
+    p_id: Ident
+    b_id: Ident
+    kind: Literal["hpke", "kub"]
+    kub_version: int = Field(ge=0, le=2**31)  # 0 with kind=hpke, else the KUB used
+    entry: B64Bytes = Field(min_length=1, max_length=16_384)  # serialized RecipientEntry
+    next_kub: B64Bytes = Field(min_length=1, max_length=4096)  # wrapped KUB_{v+1}
+
+
+class ShareRelay(Message):
+    MTYPE = "share.relay"
+    user_id: Ident
+    his_id: Ident
+    p_id: Ident
+    kind: Literal["hpke", "kub"]
+    kub_version: int = Field(ge=0, le=2**31)
+    sealed: B64Bytes = Field(min_length=1)
+    next_kub: B64Bytes = Field(min_length=1, max_length=4096)
+
+
+class ShareReceipt(Message):
+    MTYPE = "share.receipt"
+    b_id: Ident
+    p_id: Ident
+    accepted: bool
+    kub_version: int = Field(ge=0, le=2**31)  # the version the third party now holds
+    reason: Literal["ok", "kub-unknown", "completed"] = "ok"
+
+
+class DispenseRequest(Message):
+    MTYPE = "dispense.request"
+    b_id: Ident
+    his_id: Ident
+    p_id: Ident
+    action: Literal["claim", "complete", "release"]
+
+
+class DispenseState(Message):
+    MTYPE = "dispense.state"
+    his_id: Ident
+    p_id: Ident
+    state: Literal["open", "claimed", "completed"]
+    claimed_by: Ident | None = None
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.MTYPE: cls
+    for cls in (
+        BindRequest,
+        BindVerify,
+        BindReply,
+        RotatePrepare,
+        RotateAck,
+        RotateCommit,
+        RecordsAnnounce,
+        ListRequest,
+        RecordList,
+        FetchRequest,
+        RecordRequest,
+        RecordReply,
+        ShareRequest,
+        ShareOffer,
+        ShareDelivery,
+        ShareRelay,
+        ShareReceipt,
+        DispenseRequest,
+        DispenseState,
+    )
+}
+
+
+def encode_message(message: Message) -> bytes:
+    """The JSON payload of ``message`` (UTF-8, compact)."""
+    return message.model_dump_json().encode("utf-8")
+
+
+def decode_message(payload: bytes, expected: type[M]) -> M:
+    """Parse ``payload`` as ``expected``; InvalidInput naming the first bad field."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(f"message exceeds {MAX_MESSAGE_BYTES} bytes")
+    try:
+        return expected.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "(message)"
+        raise InvalidInput(f"{expected.MTYPE}: {where}: {first.get('msg', 'invalid')}") from exc
