@@ -24,7 +24,7 @@ FetchRequest              wallet → platform   User_ID, HIS_ID, P_ID
 RecordRequest             platform → HIS      Patient_ID, P_ID
 RecordReply               … → wallet          the sealed record (ciphertext)
 ShareRequest / ShareOffer wallet ↔ platform   ciphertext + third party's HPKE key
-ShareDelivery             wallet → platform   the new recipient entry + next KUB (wrapped)
+ShareDelivery             wallet → platform   the record + one entry for B, next KUB wrapped
 ShareRelay                platform → third    the sealed record with that entry
 ShareReceipt              third → … → wallet  which KUB version it now holds
 DispenseRequest           third → platform    claim / complete / release
@@ -251,7 +251,9 @@ class ShareDelivery(Message):
     b_id: Ident
     kind: Literal["hpke", "kub"]
     kub_version: int = Field(ge=0, le=2**31)  # 0 with kind=hpke, else the KUB used
-    entry: B64Bytes = Field(min_length=1, max_length=16_384)  # serialized RecipientEntry
+    # The stored record with one more recipient entry (for b_id); the platform
+    # checks the body is byte-identical to what it stores before relaying it.
+    sealed: B64Bytes = Field(min_length=1)
     next_kub: B64Bytes = Field(min_length=1, max_length=4096)  # wrapped KUB_{v+1}
 
 
