@@ -15,6 +15,7 @@ the HTTP layer never decides a status code on its own::
     ├── RateLimited                       429
     ├── CryptoError                       400  ONE opaque error for every crypto failure
     ├── ConfigError                       500  local mis-configuration (refuses to start)
+    ├── PeerUnavailable                   502  a party we depend on did not answer
     └── KeySupplyError                    503  the quantum key supply failed
         ├── KeySupplyBadRequest           400  the KME refused the request (ETSI 014 §5)
         ├── KeySupplyUnauthorized         401  the KME does not know us / key not ours
@@ -44,11 +45,24 @@ __all__ = [
     "NotFound",
     "PatientKeyError",
     "PayloadTooLarge",
+    "PeerUnavailable",
     "RateLimited",
     "Unauthenticated",
+    "error_classes",
 ]
 
 PROBLEM_BASE = "https://patientkey.dev/problems/"
+
+
+def error_classes() -> dict[str, type[PatientKeyError]]:
+    """Every error class by its problem name (for mapping a peer's problem+json back)."""
+    found: dict[str, type[PatientKeyError]] = {}
+    todo: list[type[PatientKeyError]] = [PatientKeyError]
+    while todo:
+        cls = todo.pop()
+        found[cls.problem] = cls
+        todo.extend(cls.__subclasses__())
+    return found
 
 
 class PatientKeyError(Exception):
@@ -147,6 +161,12 @@ class ConfigError(PatientKeyError):
     problem = "configuration-error"
     title = "Configuration error"
     status = 500
+
+
+class PeerUnavailable(PatientKeyError):
+    problem = "peer-unavailable"
+    title = "A party this operation depends on is unavailable"
+    status = 502
 
 
 class KeySupplyError(PatientKeyError):
