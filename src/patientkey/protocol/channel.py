@@ -14,7 +14,7 @@ Pure apart from the key supply: bytes in, bytes out, no HTTP. The same
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -72,8 +72,10 @@ class HopEnd:
         receivers: Mapping[str, HopReceiver],
         replay_cache: ReplayCache | None = None,
         window_s: int = 300,
+        peer_factory: Callable[[str], tuple[HopSender, HopReceiver] | None] | None = None,
     ) -> None:
         self.me = me
+        self._factory = peer_factory
         self._senders = dict(senders)
         self._receivers = dict(receivers)
         self._window = window_s
@@ -81,9 +83,23 @@ class HopEnd:
             me, self._resolve, window_s=window_s, replay_cache=replay_cache
         )
 
+    def add_peer(self, peer: str, sender: HopSender, receiver: HopReceiver) -> None:
+        """Add (or replace) the hop to ``peer``."""
+        self._senders[peer] = sender
+        self._receivers[peer] = receiver
+
+    def _peer(self, peer: str) -> tuple[HopSender, HopReceiver] | None:
+        sender, receiver = self._senders.get(peer), self._receivers.get(peer)
+        if sender is not None and receiver is not None:
+            return sender, receiver
+        made = self._factory(peer) if self._factory is not None else None
+        if made is not None:
+            self.add_peer(peer, *made)
+        return made
+
     def _resolve(self, peer: str, kid: str) -> bytes | None:
-        receiver = self._receivers.get(peer)
-        return None if receiver is None else receiver.resolve(kid)
+        hop = self._peer(peer)
+        return None if hop is None else hop[1].resolve(kid)
 
     @property
     def qkd_bits_used(self) -> int:
@@ -91,9 +107,10 @@ class HopEnd:
 
     def request(self, peer: str, message: Message) -> Outgoing:
         """Seal ``message`` for ``peer`` (raises KeyUnavailable: fail closed)."""
-        sender = self._senders.get(peer)
-        if sender is None:
+        hop = self._peer(peer)
+        if hop is None:
             raise InvalidInput(f"{self.me} has no hop to {peer!r}")
+        sender = hop[0]
         before = sender.qkd_bits_used
         key = sender.next_key()
         jti = uuid.uuid4().hex

@@ -52,23 +52,23 @@ class PeerClient:
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout_s: float = 10.0,
-        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         self.hop = hop
         self.peer = peer
-        self._http = httpx.Client(
+        # ``http`` is for in-process tests (service.testing.asgi_client).
+        self._http = http or httpx.Client(
             base_url=base_url,
             verify=ssl_context if ssl_context is not None else True,
             timeout=timeout_s,
-            transport=transport,
-            headers={"content-type": JOSE, "accept": JOSE},
         )
+        self._headers = {"content-type": JOSE, "accept": JOSE}
 
     def call(self, path: str, message: Message, reply: type[M]) -> M:
         """Send ``message`` to ``path`` and return the peer's reply (or raise its error)."""
         out = self.hop.request(self.peer, message)
         try:
-            response = self._http.post(path, content=out.token)
+            response = self._http.post(path, content=out.token, headers=self._headers)
         except httpx.HTTPError as exc:
             raise PeerUnavailable(f"{self.peer} unreachable: {type(exc).__name__}") from exc
         if response.status_code != 200:

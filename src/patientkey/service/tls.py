@@ -28,7 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from patientkey.errors import ConfigError, InvalidInput, Unauthenticated
 from patientkey.pki import PartyFiles, peer_name_from_cert, server_ssl_context
 
-__all__ = ["MutualTLSH11Protocol", "build_server", "caller_name", "tls_extension"]
+__all__ = ["MutualTLSH11Protocol", "WithTLS", "build_server", "caller_name", "tls_extension"]
 
 # IANA TLS version numbers, as the ASGI TLS extension reports them.
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -58,7 +58,7 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
-class _WithTLS:
+class WithTLS:
     """Per-connection ASGI wrapper adding the TLS extension to every scope."""
 
     def __init__(self, app: ASGIApp, tls: dict[str, Any]) -> None:
@@ -79,7 +79,7 @@ class MutualTLSH11Protocol(H11Protocol):
         super().connection_made(transport)
         tls = tls_extension(transport)
         if tls is not None:
-            self.app = _WithTLS(self.app, tls)
+            self.app = WithTLS(self.app, tls)
 
 
 def caller_name(request: Request) -> str:
