@@ -1,0 +1,619 @@
+"""In-memory twins of the repositories, for fast unit tests of the parties.
+
+Same interface, same behaviour, same errors as the SQL repositories of
+:mod:`patientkey.storage.repos` (one contract test suite runs against both). A
+:class:`MemoryStore` runs each transaction on a private copy of the state and swaps it
+in only when the block succeeds, so a failure leaves nothing behind; a lock makes
+transactions run one at a time, as SQLite's ``BEGIN IMMEDIATE`` does::
+
+    store = platform_store()
+    with store.transaction() as repo:
+        repo.create_account("u1")
+
+Nothing is persisted beyond the store object.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Generic, TypeVar
+
+from patientkey.errors import Conflict, NotFound
+from patientkey.storage.repos import (
+    DISPENSE_TRANSITIONS,
+    Account,
+    Binding,
+    Claim,
+    Clock,
+    Dispense,
+    Event,
+    EventDetail,
+    HospitalRecord,
+    HospitalRepository,
+    KeyVersion,
+    NewRecord,
+    Patient,
+    PlatformRecord,
+    PlatformRepository,
+    Received,
+    Share,
+    ThirdParty,
+    ThirdPartyRepository,
+    _aware,
+    _check_batch,
+    _check_bytes,
+    _check_claim_state,
+    _check_date,
+    _check_detail,
+    _check_events_query,
+    _check_id,
+    _check_int,
+    _check_pem,
+    _check_share_kind,
+    _check_text,
+    _check_window,
+    _claim_step,
+    _rate_window,
+    utc_now,
+)
+from patientkey.storage.schema import ClaimState, DispenseState, KeyState, ShareKind
+
+__all__ = [
+    "HospitalState",
+    "MemoryHospitalRepo",
+    "MemoryPlatformRepo",
+    "MemoryStore",
+    "MemoryThirdPartyRepo",
+    "PlatformState",
+    "ThirdPartyState",
+    "hospital_store",
+    "platform_store",
+    "thirdparty_store",
+]
+
+S = TypeVar("S")
+R = TypeVar("R")
+_Key = tuple[str, str]
+
+
+class MemoryStore(Generic[S, R]):
+    """A :class:`~patientkey.storage.repos.Store` over in-memory state ``S``."""
+
+    def __init__(self, repo: Callable[[S, Clock], R], state: S, *, clock: Clock = utc_now) -> None:
+        self._repo = repo
+        self._state = state
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[R]:
+        """One transaction: changes become visible only if the block succeeds."""
+        with self._lock:
+            working = copy.deepcopy(self._state)
+            yield self._repo(working, self._clock)
+            self._state = working
+
+
+# ─────────────────────────────────────────────────────────────── platform
+
+
+@dataclass
+class PlatformState:
+    accounts: dict[str, Account] = field(default_factory=dict)
+    bindings: dict[_Key, Binding] = field(default_factory=dict)
+    records: dict[_Key, PlatformRecord] = field(default_factory=dict)
+    third_parties: dict[str, ThirdParty] = field(default_factory=dict)
+    shares: dict[str, Share] = field(default_factory=dict)
+    dispense: dict[_Key, Dispense] = field(default_factory=dict)
+    rate_limits: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    next_seq: int = 1
+
+
+class MemoryPlatformRepo:
+    """:class:`~patientkey.storage.repos.PlatformRepository` in memory."""
+
+    def __init__(self, state: PlatformState, clock: Clock = utc_now) -> None:
+        self._s = state
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return _aware(self._clock)
+
+    def _account(self, user_id: str) -> Account:
+        try:
+            return self._s.accounts[user_id]
+        except KeyError:
+            raise NotFound("account not found") from None
+
+    def _third_party(self, b_id: str) -> ThirdParty:
+        try:
+            return self._s.third_parties[b_id]
+        except KeyError:
+            raise NotFound("third party not found") from None
+
+    def _record(self, his_id: str, p_id: str) -> PlatformRecord:
+        try:
+            return self._s.records[his_id, p_id]
+        except KeyError:
+            raise NotFound("record not found") from None
+
+    def create_account(self, user_id: str) -> Account:
+        _check_id("user_id", user_id)
+        if user_id in self._s.accounts:
+            raise Conflict("account exists")
+        account = self._s.accounts[user_id] = Account(user_id, self._now())
+        return account
+
+    def get_account(self, user_id: str) -> Account:
+        _check_id("user_id", user_id)
+        return self._account(user_id)
+
+    def bind(self, user_id: str, his_id: str, patient_id: str) -> Binding:
+        _check_id("user_id", user_id)
+        _check_id("his_id", his_id)
+        _check_id("patient_id", patient_id)
+        self._account(user_id)
+        mine = self._s.bindings.get((user_id, his_id))
+        if mine is not None:
+            if mine.patient_id != patient_id:
+                raise Conflict("account already bound to another patient at this HIS")
+            return mine
+        if any(
+            b.his_id == his_id and b.patient_id == patient_id for b in self._s.bindings.values()
+        ):
+            raise Conflict("patient already bound to another account")
+        binding = Binding(user_id, his_id, patient_id, self._now())
+        self._s.bindings[user_id, his_id] = binding
+        return binding
+
+    def get_binding(self, user_id: str, his_id: str) -> Binding:
+        _check_id("user_id", user_id)
+        _check_id("his_id", his_id)
+        try:
+            return self._s.bindings[user_id, his_id]
+        except KeyError:
+            raise NotFound("binding not found") from None
+
+    def bindings_of(self, user_id: str) -> list[Binding]:
+        _check_id("user_id", user_id)
+        found = [b for b in self._s.bindings.values() if b.user_id == user_id]
+        return sorted(found, key=lambda b: b.his_id)
+
+    def announce_record(
+        self, his_id: str, p_id: str, patient_id: str, record_type: str, size: int
+    ) -> PlatformRecord:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        _check_id("patient_id", patient_id)
+        _check_text("record_type", record_type, 64)
+        _check_int("size", size, 0)
+        old = self._s.records.get((his_id, p_id))
+        if old is not None:
+            if (old.patient_id, old.record_type) != (patient_id, record_type):
+                raise Conflict("record announced with other metadata")
+            return old
+        record = PlatformRecord(
+            his_id, p_id, patient_id, record_type, None, size, self._now(), None
+        )
+        self._s.records[his_id, p_id] = record
+        return record
+
+    def store_sealed(self, his_id: str, p_id: str, sealed: bytes) -> PlatformRecord:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        _check_bytes("sealed", sealed)
+        record = self._record(his_id, p_id)
+        if record.sealed is None:
+            record = replace(record, sealed=sealed, fetched_at=self._now())
+            self._s.records[his_id, p_id] = record
+        return record
+
+    def get_record(self, his_id: str, p_id: str) -> PlatformRecord:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        return self._record(his_id, p_id)
+
+    def records_of_patient(self, his_id: str, patient_id: str) -> list[PlatformRecord]:
+        _check_id("his_id", his_id)
+        _check_id("patient_id", patient_id)
+        found = [
+            r for r in self._s.records.values() if r.his_id == his_id and r.patient_id == patient_id
+        ]
+        return sorted(found, key=lambda r: r.p_id)
+
+    def register_third_party(
+        self, b_id: str, display_name: str, hpke_public: bytes, certificate_pem: str
+    ) -> ThirdParty:
+        _check_id("b_id", b_id)
+        _check_text("display_name", display_name, 256)
+        _check_bytes("hpke_public", hpke_public)
+        _check_pem(certificate_pem)
+        old = self._s.third_parties.get(b_id)
+        if old is not None:
+            if (old.display_name, old.hpke_public, old.certificate_pem) != (
+                display_name,
+                hpke_public,
+                certificate_pem,
+            ):
+                raise Conflict("third party registered with other data")
+            return old
+        third_party = ThirdParty(b_id, display_name, hpke_public, certificate_pem, self._now())
+        self._s.third_parties[b_id] = third_party
+        return third_party
+
+    def get_third_party(self, b_id: str) -> ThirdParty:
+        _check_id("b_id", b_id)
+        return self._third_party(b_id)
+
+    def add_share(
+        self,
+        share_id: str,
+        *,
+        his_id: str,
+        p_id: str,
+        user_id: str,
+        b_id: str,
+        kind: ShareKind | str,
+        kub_version: int,
+    ) -> Share:
+        _check_id("share_id", share_id)
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        _check_id("user_id", user_id)
+        _check_id("b_id", b_id)
+        share_kind = _check_share_kind(kind)
+        _check_int("kub_version", kub_version, 1)
+        self._record(his_id, p_id)
+        self._account(user_id)
+        self._third_party(b_id)
+        if share_id in self._s.shares:
+            raise Conflict("share id taken")
+        share = Share(
+            share_id, his_id, p_id, user_id, b_id, share_kind, kub_version, False, self._now()
+        )
+        self._s.shares[share_id] = share
+        return share
+
+    def mark_delivered(self, share_id: str) -> Share:
+        share = replace(self.get_share(share_id), delivered=True)
+        self._s.shares[share_id] = share
+        return share
+
+    def get_share(self, share_id: str) -> Share:
+        _check_id("share_id", share_id)
+        try:
+            return self._s.shares[share_id]
+        except KeyError:
+            raise NotFound("share not found") from None
+
+    def shares_of_record(self, his_id: str, p_id: str) -> list[Share]:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        found = [s for s in self._s.shares.values() if (s.his_id, s.p_id) == (his_id, p_id)]
+        return sorted(found, key=lambda s: s.share_id)
+
+    def open_dispense(self, his_id: str, p_id: str) -> Dispense:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        self._record(his_id, p_id)
+        if (his_id, p_id) not in self._s.dispense:
+            self._s.dispense[his_id, p_id] = Dispense(
+                his_id, p_id, DispenseState.OPEN, None, 1, self._now()
+            )
+        return self._s.dispense[his_id, p_id]
+
+    def get_dispense(self, his_id: str, p_id: str) -> Dispense:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        try:
+            return self._s.dispense[his_id, p_id]
+        except KeyError:
+            raise NotFound("dispense claim not found") from None
+
+    def _transition(self, operation: str, his_id: str, p_id: str, b_id: str) -> Dispense:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        _check_id("b_id", b_id)
+        self._third_party(b_id)
+        required, new = DISPENSE_TRANSITIONS[operation]
+        current = self.get_dispense(his_id, p_id)
+        if current.state is not required or (
+            required is DispenseState.CLAIMED and current.claimed_by != b_id
+        ):
+            raise Conflict(f"cannot {operation}: prescription is {current.state.value}")
+        updated = replace(
+            current,
+            state=new,
+            claimed_by=None if new is DispenseState.OPEN else b_id,
+            version=current.version + 1,
+            updated_at=self._now(),
+        )
+        self._s.dispense[his_id, p_id] = updated
+        return updated
+
+    def claim(self, his_id: str, p_id: str, b_id: str) -> Dispense:
+        return self._transition("claim", his_id, p_id, b_id)
+
+    def complete(self, his_id: str, p_id: str, b_id: str) -> Dispense:
+        return self._transition("complete", his_id, p_id, b_id)
+
+    def release(self, his_id: str, p_id: str, b_id: str) -> Dispense:
+        return self._transition("release", his_id, p_id, b_id)
+
+    def hit(self, bucket: str, limit: int, window: timedelta) -> int:
+        _check_text("bucket", bucket, 256)
+        _check_window(limit, window)
+        now = self._now()
+        start, count = self._s.rate_limits.get(bucket, (now, 0))
+        start, count = _rate_window(start, count, now, limit, window)
+        self._s.rate_limits[bucket] = (start, count)
+        return count
+
+    def log_event(self, kind: str, user_id: str | None, detail: EventDetail) -> Event:
+        _check_text("kind", kind, 64)
+        if user_id is not None:
+            _check_id("user_id", user_id)
+        event = Event(self._s.next_seq, self._now(), kind, user_id, _check_detail(detail))
+        self._s.next_seq += 1
+        self._s.events.append(event)
+        return event
+
+    def events(
+        self, *, user_id: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[Event]:
+        _check_events_query(user_id, after, limit)
+        found = [
+            e for e in self._s.events if e.seq > after and (user_id is None or e.user_id == user_id)
+        ]
+        return found[:limit]
+
+
+# ─────────────────────────────────────────────────────────────── hospital
+
+
+@dataclass
+class HospitalState:
+    patients: dict[str, Patient] = field(default_factory=dict)
+    kuh: dict[tuple[str, int], KeyVersion] = field(default_factory=dict)
+    records: dict[str, HospitalRecord] = field(default_factory=dict)
+
+
+class MemoryHospitalRepo:
+    """:class:`~patientkey.storage.repos.HospitalRepository` in memory."""
+
+    def __init__(self, state: HospitalState, clock: Clock = utc_now) -> None:
+        self._s = state
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return _aware(self._clock)
+
+    def _kuh_in(self, patient_id: str, state: KeyState) -> KeyVersion | None:
+        for key in self._s.kuh.values():
+            if key.owner_id == patient_id and key.state is state:
+                return key
+        return None
+
+    def enroll(
+        self, patient_id: str, display_name: str, birth_date: date, wrapped_kuh: bytes
+    ) -> Patient:
+        _check_id("patient_id", patient_id)
+        _check_text("display_name", display_name, 256)
+        _check_date("birth_date", birth_date)
+        _check_bytes("wrapped_kuh", wrapped_kuh)
+        if patient_id in self._s.patients:
+            raise Conflict("patient already enrolled")
+        now = self._now()
+        patient = self._s.patients[patient_id] = Patient(patient_id, display_name, birth_date, now)
+        self._s.kuh[patient_id, 1] = KeyVersion(patient_id, 1, wrapped_kuh, KeyState.CURRENT, now)
+        return patient
+
+    def get_patient(self, patient_id: str) -> Patient:
+        _check_id("patient_id", patient_id)
+        try:
+            return self._s.patients[patient_id]
+        except KeyError:
+            raise NotFound("patient not found") from None
+
+    def current_kuh(self, patient_id: str) -> KeyVersion:
+        self.get_patient(patient_id)
+        key = self._kuh_in(patient_id, KeyState.CURRENT)
+        if key is None:  # pragma: no cover - enroll always creates version 1
+            raise NotFound("no current KUH")
+        return key
+
+    def get_kuh(self, patient_id: str, version: int) -> KeyVersion:
+        _check_id("patient_id", patient_id)
+        _check_int("version", version, 1)
+        try:
+            return self._s.kuh[patient_id, version]
+        except KeyError:
+            raise NotFound("KUH version not found") from None
+
+    def pending_kuh(self, patient_id: str) -> KeyVersion | None:
+        self.get_patient(patient_id)
+        return self._kuh_in(patient_id, KeyState.PENDING)
+
+    def add_pending_kuh(self, patient_id: str, wrapped_key: bytes) -> KeyVersion:
+        _check_id("patient_id", patient_id)
+        _check_bytes("wrapped_key", wrapped_key)
+        self.get_patient(patient_id)
+        if self._kuh_in(patient_id, KeyState.PENDING) is not None:
+            raise Conflict("a KUH rotation is already pending")
+        top = max(v for (owner, v) in self._s.kuh if owner == patient_id)
+        key = KeyVersion(patient_id, top + 1, wrapped_key, KeyState.PENDING, self._now())
+        self._s.kuh[patient_id, key.version] = key
+        return key
+
+    def commit_pending_kuh(self, patient_id: str) -> KeyVersion:
+        self.get_patient(patient_id)
+        pending = self._kuh_in(patient_id, KeyState.PENDING)
+        if pending is None:
+            raise Conflict("no KUH rotation is pending")
+        current = self._kuh_in(patient_id, KeyState.CURRENT)
+        if current is not None:
+            self._s.kuh[patient_id, current.version] = replace(current, state=KeyState.RETIRED)
+        promoted = replace(pending, state=KeyState.CURRENT)
+        self._s.kuh[patient_id, pending.version] = promoted
+        return promoted
+
+    def discard_pending_kuh(self, patient_id: str) -> bool:
+        self.get_patient(patient_id)
+        pending = self._kuh_in(patient_id, KeyState.PENDING)
+        if pending is None:
+            return False
+        del self._s.kuh[patient_id, pending.version]
+        return True
+
+    def import_records(self, batch_id: str, records: Sequence[NewRecord]) -> list[HospitalRecord]:
+        _check_id("batch_id", batch_id)
+        _check_batch(records)
+        if any(r.patient_id not in self._s.patients for r in records):
+            raise NotFound("import names an unknown patient")
+        if any(r.p_id in self._s.records for r in records):
+            raise Conflict("a P_ID of the batch is already imported")
+        now = self._now()
+        imported = [
+            HospitalRecord(r.p_id, r.patient_id, r.record_type, r.fhir, now, batch_id)
+            for r in records
+        ]
+        self._s.records.update((r.p_id, r) for r in imported)
+        return imported
+
+    def get_record(self, p_id: str) -> HospitalRecord:
+        _check_id("p_id", p_id)
+        try:
+            return self._s.records[p_id]
+        except KeyError:
+            raise NotFound("record not found") from None
+
+    def records_of(self, patient_id: str) -> list[HospitalRecord]:
+        self.get_patient(patient_id)
+        found = [r for r in self._s.records.values() if r.patient_id == patient_id]
+        return sorted(found, key=lambda r: r.p_id)
+
+
+# ─────────────────────────────────────────────────────────────── third party
+
+
+@dataclass
+class ThirdPartyState:
+    kub: dict[tuple[str, int], KeyVersion] = field(default_factory=dict)
+    received: dict[_Key, Received] = field(default_factory=dict)
+    claims: dict[_Key, Claim] = field(default_factory=dict)
+
+
+class MemoryThirdPartyRepo:
+    """:class:`~patientkey.storage.repos.ThirdPartyRepository` in memory."""
+
+    def __init__(self, state: ThirdPartyState, clock: Clock = utc_now) -> None:
+        self._s = state
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return _aware(self._clock)
+
+    def add_kub(self, user_id: str, version: int, wrapped_key: bytes) -> KeyVersion:
+        _check_id("user_id", user_id)
+        _check_int("version", version, 1)
+        _check_bytes("wrapped_key", wrapped_key)
+        held = [k for k in self._s.kub.values() if k.owner_id == user_id]
+        if any(version <= k.version for k in held):
+            raise Conflict("KUB version is not newer than the one held")
+        for k in held:
+            if k.state is KeyState.CURRENT:
+                self._s.kub[user_id, k.version] = replace(k, state=KeyState.RETIRED)
+        key = KeyVersion(user_id, version, wrapped_key, KeyState.CURRENT, self._now())
+        self._s.kub[user_id, version] = key
+        return key
+
+    def current_kub(self, user_id: str) -> KeyVersion:
+        _check_id("user_id", user_id)
+        for key in self._s.kub.values():
+            if key.owner_id == user_id and key.state is KeyState.CURRENT:
+                return key
+        raise NotFound("no KUB for this account")
+
+    def get_kub(self, user_id: str, version: int) -> KeyVersion:
+        _check_id("user_id", user_id)
+        _check_int("version", version, 1)
+        try:
+            return self._s.kub[user_id, version]
+        except KeyError:
+            raise NotFound("KUB version not found") from None
+
+    def store_received(self, his_id: str, p_id: str, user_id: str, sealed: bytes) -> Received:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        _check_id("user_id", user_id)
+        _check_bytes("sealed", sealed)
+        old = self._s.received.get((his_id, p_id))
+        if old is not None and old.user_id != user_id:
+            raise Conflict("record was received from another account")
+        received = Received(his_id, p_id, user_id, sealed, self._now())
+        self._s.received[his_id, p_id] = received
+        return received
+
+    def get_received(self, his_id: str, p_id: str) -> Received:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        try:
+            return self._s.received[his_id, p_id]
+        except KeyError:
+            raise NotFound("received record not found") from None
+
+    def received_from(self, user_id: str) -> list[Received]:
+        _check_id("user_id", user_id)
+        found = [r for r in self._s.received.values() if r.user_id == user_id]
+        return sorted(found, key=lambda r: (r.his_id, r.p_id))
+
+    def set_claim(self, his_id: str, p_id: str, state: ClaimState | str) -> Claim:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        new = _check_claim_state(state)
+        now = self._now()
+        old = self._s.claims.get((his_id, p_id))
+        _claim_step(None if old is None else old.state, new)
+        claim = Claim(his_id, p_id, new, now)
+        self._s.claims[his_id, p_id] = claim
+        return claim
+
+    def get_claim(self, his_id: str, p_id: str) -> Claim:
+        _check_id("his_id", his_id)
+        _check_id("p_id", p_id)
+        try:
+            return self._s.claims[his_id, p_id]
+        except KeyError:
+            raise NotFound("claim not found") from None
+
+
+# ─────────────────────────────────────────────────────────────── stores
+
+
+def platform_store(clock: Clock = utc_now) -> MemoryStore[PlatformState, MemoryPlatformRepo]:
+    """An empty in-memory platform store."""
+    return MemoryStore(MemoryPlatformRepo, PlatformState(), clock=clock)
+
+
+def hospital_store(clock: Clock = utc_now) -> MemoryStore[HospitalState, MemoryHospitalRepo]:
+    """An empty in-memory hospital store."""
+    return MemoryStore(MemoryHospitalRepo, HospitalState(), clock=clock)
+
+
+def thirdparty_store(
+    clock: Clock = utc_now,
+) -> MemoryStore[ThirdPartyState, MemoryThirdPartyRepo]:
+    """An empty in-memory third-party store."""
+    return MemoryStore(MemoryThirdPartyRepo, ThirdPartyState(), clock=clock)
+
+
+# Static checks that the memory classes implement the protocols.
+_platform: Callable[[PlatformState, Clock], PlatformRepository] = MemoryPlatformRepo
+_hospital: Callable[[HospitalState, Clock], HospitalRepository] = MemoryHospitalRepo
+_thirdparty: Callable[[ThirdPartyState, Clock], ThirdPartyRepository] = MemoryThirdPartyRepo

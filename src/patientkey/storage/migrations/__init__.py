@@ -1,0 +1,1 @@
+"""Alembic migrations of the three party databases (run by ``Database.upgrade``)."""

@@ -1,0 +1,1 @@
+"""Revisions, one branch per party: labels ``platform``, ``hospital``, ``thirdparty``."""

@@ -1,0 +1,416 @@
+"""The tables of the three party databases, as SQLAlchemy 2 typed declarative models.
+
+Each party owns its database and never reads another's, so each has its own
+declarative base and :class:`~sqlalchemy.MetaData` (:data:`METADATA`). Mapped classes
+end in ``Row`` (the repositories hand out frozen values, never these); two parties have
+a ``records`` table, so those two classes carry the party in their name.
+
+* **platform** — accounts, bindings ``(User_ID, HIS_ID) → Patient_ID``, ciphertext
+  records ("blind storage": ``sealed`` is whatever the HIS sealed for the patient),
+  third parties, shares, the dispense claim of a prescription, rate-limit buckets and
+  the event log (metadata only, never health data);
+* **hospital** — patients, KUH versions (wrapped by the hospital's own storage key;
+  this layer stores bytes and never sees a KUH), FHIR records (bytes, possibly
+  encrypted at rest by the caller);
+* **thirdparty** — KUB versions per patient account, received sealed records, the
+  third party's own view of its dispense claims.
+
+Timestamps are timezone-aware UTC on every backend (:class:`UtcDateTime`). Enumerated
+columns are strings with a named CHECK constraint rather than database enum types, so
+that PostgreSQL has no extra type objects and SQLite and PostgreSQL enforce the same
+values. Constraint names follow :data:`NAMING_CONVENTION`, and the migrations in
+``storage/migrations/versions`` spell out the same names.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "ID_LENGTH",
+    "METADATA",
+    "NAMING_CONVENTION",
+    "AccountRow",
+    "BindingRow",
+    "ClaimRow",
+    "ClaimState",
+    "DispenseRow",
+    "DispenseState",
+    "EventRow",
+    "HospitalBase",
+    "HospitalRecordRow",
+    "KeyState",
+    "KubKeyRow",
+    "KuhKeyRow",
+    "Party",
+    "PatientRow",
+    "PlatformBase",
+    "PlatformRecordRow",
+    "RateLimitRow",
+    "ReceivedRow",
+    "ShareKind",
+    "ShareRow",
+    "ThirdPartyBase",
+    "ThirdPartyRow",
+    "UtcDateTime",
+]
+
+
+class Party(enum.StrEnum):
+    """Whose database: each party has its own schema, migrations and version table."""
+
+    PLATFORM = "platform"
+    HOSPITAL = "hospital"
+    THIRDPARTY = "thirdparty"
+
+
+ID_LENGTH: Final = 128
+"""Longest identifier (User_ID, HIS_ID, Patient_ID, B_ID, P_ID, share id) accepted."""
+
+NAMING_CONVENTION: Final[dict[str, str]] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC ``datetime`` in and out, on every backend.
+
+    SQLite has no time zone type and hands back naive values; PostgreSQL's
+    ``timestamptz`` hands back the session's zone. Naive input is refused rather than
+    guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime refused: timestamps are timezone-aware UTC")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # Stored as ISO text without offset; it is UTC by the rule above.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _id(*args: Any, **kwargs: Any) -> Any:
+    # ``Any``: the caller's annotation (``Mapped[str]`` or ``Mapped[str | None]``) rules.
+    return mapped_column(String(ID_LENGTH), *args, **kwargs)
+
+
+def _stamp(*, nullable: bool = False) -> Any:
+    return mapped_column(UtcDateTime(), nullable=nullable)
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    quoted = ", ".join(f"'{v.value}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def _one_per_owner(table: str, owner: str, state: str) -> Index:
+    """At most one key version in ``state`` per owner, enforced by the database."""
+    where = text(f"state = '{state}'")
+    return Index(
+        f"uq_{table}_{owner}_{state}",
+        owner,
+        unique=True,
+        sqlite_where=where,
+        postgresql_where=where,
+    )
+
+
+class KeyState(enum.StrEnum):
+    """Life cycle of a KUH or KUB version: ``pending`` → ``current`` → ``retired``."""
+
+    PENDING = "pending"
+    CURRENT = "current"
+    RETIRED = "retired"
+
+
+class ShareKind(enum.StrEnum):
+    """How a share was sealed for the third party: HPKE to its KBP (first) or under a KUB."""
+
+    HPKE = "hpke"
+    KUB = "kub"
+
+
+class DispenseState(enum.StrEnum):
+    """The platform's dispense claim of a prescription (one pharmacy at a time)."""
+
+    OPEN = "open"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+
+
+class ClaimState(enum.StrEnum):
+    """A third party's own view of its claim on a prescription."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    RELEASED = "released"
+
+
+# ─────────────────────────────────────────────────────────────── platform
+
+
+class PlatformBase(DeclarativeBase):
+    """Declarative base of the platform database."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class AccountRow(PlatformBase):
+    __tablename__ = "accounts"
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    created_at: Mapped[datetime] = _stamp()
+
+
+class BindingRow(PlatformBase):
+    """``(User_ID, HIS_ID) → Patient_ID``; a HIS patient belongs to one account."""
+
+    __tablename__ = "bindings"
+    __table_args__ = (UniqueConstraint("his_id", "patient_id"),)
+
+    user_id: Mapped[str] = _id(ForeignKey("accounts.user_id"), primary_key=True)
+    his_id: Mapped[str] = _id(primary_key=True)
+    patient_id: Mapped[str] = _id()
+    created_at: Mapped[datetime] = _stamp()
+
+
+class PlatformRecordRow(PlatformBase):
+    """A record the HIS announced; ``sealed`` holds its ciphertext once fetched."""
+
+    __tablename__ = "records"
+    __table_args__ = (Index(None, "his_id", "patient_id"),)
+
+    his_id: Mapped[str] = _id(primary_key=True)
+    p_id: Mapped[str] = _id(primary_key=True)
+    patient_id: Mapped[str] = _id()
+    record_type: Mapped[str] = mapped_column(String(64))
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary())
+    size: Mapped[int] = mapped_column(Integer)
+    announced_at: Mapped[datetime] = _stamp()
+    fetched_at: Mapped[datetime | None] = _stamp(nullable=True)
+
+
+class ThirdPartyRow(PlatformBase):
+    __tablename__ = "third_parties"
+
+    b_id: Mapped[str] = _id(primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    hpke_public: Mapped[bytes] = mapped_column(LargeBinary())
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[datetime] = _stamp()
+
+
+class ShareRow(PlatformBase):
+    """One re-sealed record key relayed to a third party (``kind`` says how it was sealed)."""
+
+    __tablename__ = "shares"
+    __table_args__ = (
+        ForeignKeyConstraint(["his_id", "p_id"], ["records.his_id", "records.p_id"]),
+        CheckConstraint(_in("kind", ShareKind), name="kind"),
+        Index(None, "his_id", "p_id"),
+        Index(None, "user_id", "b_id"),
+    )
+
+    share_id: Mapped[str] = _id(primary_key=True)
+    his_id: Mapped[str] = _id()
+    p_id: Mapped[str] = _id()
+    user_id: Mapped[str] = _id(ForeignKey("accounts.user_id"))
+    b_id: Mapped[str] = _id(ForeignKey("third_parties.b_id"))
+    kind: Mapped[str] = mapped_column(String(8))
+    kub_version: Mapped[int] = mapped_column(Integer)
+    delivered: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = _stamp()
+
+
+class DispenseRow(PlatformBase):
+    """The exclusive dispense claim of a prescription; ``version`` counts transitions."""
+
+    __tablename__ = "dispense"
+    __table_args__ = (
+        ForeignKeyConstraint(["his_id", "p_id"], ["records.his_id", "records.p_id"]),
+        CheckConstraint(_in("state", DispenseState), name="state"),
+    )
+
+    his_id: Mapped[str] = _id(primary_key=True)
+    p_id: Mapped[str] = _id(primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = _id(ForeignKey("third_parties.b_id"), nullable=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = _stamp()
+
+
+class RateLimitRow(PlatformBase):
+    """A fixed-window counter."""
+
+    __tablename__ = "rate_limits"
+
+    bucket: Mapped[str] = mapped_column(String(256), primary_key=True)
+    window_start: Mapped[datetime] = _stamp()
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class EventRow(PlatformBase):
+    """What happened, when, to whom: identifiers and counts only, never health data."""
+
+    __tablename__ = "event_log"
+    __table_args__ = (Index(None, "user_id"),)
+
+    # BIGINT on PostgreSQL; INTEGER on SQLite, where only that spelling is a rowid alias
+    # (and so auto-increments).
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = _stamp()
+    kind: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = _id(nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON())
+
+
+# ─────────────────────────────────────────────────────────────── hospital
+
+
+class HospitalBase(DeclarativeBase):
+    """Declarative base of a hospital gateway database."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PatientRow(HospitalBase):
+    __tablename__ = "patients"
+
+    patient_id: Mapped[str] = _id(primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    birth_date: Mapped[date] = mapped_column(Date)
+    enrolled_at: Mapped[datetime] = _stamp()
+
+
+class KuhKeyRow(HospitalBase):
+    """One version of a patient's KUH, wrapped by the hospital's storage key."""
+
+    __tablename__ = "kuh_keys"
+    __table_args__ = (
+        CheckConstraint(_in("state", KeyState), name="state"),
+        _one_per_owner("kuh_keys", "patient_id", "current"),
+        _one_per_owner("kuh_keys", "patient_id", "pending"),
+    )
+
+    patient_id: Mapped[str] = _id(ForeignKey("patients.patient_id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary())
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = _stamp()
+
+
+class HospitalRecordRow(HospitalBase):
+    """A prescription or report as FHIR R4 bytes (the caller may encrypt them at rest)."""
+
+    __tablename__ = "records"
+    __table_args__ = (Index(None, "patient_id"), Index(None, "import_batch"))
+
+    p_id: Mapped[str] = _id(primary_key=True)
+    patient_id: Mapped[str] = _id(ForeignKey("patients.patient_id"))
+    record_type: Mapped[str] = mapped_column(String(64))
+    fhir: Mapped[bytes] = mapped_column(LargeBinary())
+    imported_at: Mapped[datetime] = _stamp()
+    import_batch: Mapped[str] = _id()
+
+
+# ─────────────────────────────────────────────────────────────── third party
+
+
+class ThirdPartyBase(DeclarativeBase):
+    """Declarative base of a third party's database."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class KubKeyRow(ThirdPartyBase):
+    """One version of the KUB shared with a patient account, wrapped by the caller."""
+
+    __tablename__ = "kub_keys"
+    __table_args__ = (
+        CheckConstraint(_in("state", KeyState), name="state"),
+        _one_per_owner("kub_keys", "user_id", "current"),
+        _one_per_owner("kub_keys", "user_id", "pending"),
+    )
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary())
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = _stamp()
+
+
+class ReceivedRow(ThirdPartyBase):
+    """A sealed record a patient shared with this third party."""
+
+    __tablename__ = "received"
+    __table_args__ = (Index(None, "user_id"),)
+
+    his_id: Mapped[str] = _id(primary_key=True)
+    p_id: Mapped[str] = _id(primary_key=True)
+    user_id: Mapped[str] = _id()
+    sealed: Mapped[bytes] = mapped_column(LargeBinary())
+    received_at: Mapped[datetime] = _stamp()
+
+
+class ClaimRow(ThirdPartyBase):
+    """This third party's own view of its dispense claim on a prescription."""
+
+    __tablename__ = "claims"
+    __table_args__ = (CheckConstraint(_in("state", ClaimState), name="state"),)
+
+    his_id: Mapped[str] = _id(primary_key=True)
+    p_id: Mapped[str] = _id(primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = _stamp()
+
+
+METADATA: Final[dict[Party, MetaData]] = {
+    Party.PLATFORM: PlatformBase.metadata,
+    Party.HOSPITAL: HospitalBase.metadata,
+    Party.THIRDPARTY: ThirdPartyBase.metadata,
+}
+"""The tables of each party's database."""
