@@ -83,6 +83,14 @@ def test_status_counts_down_as_keys_are_issued(core: KmeCore) -> None:
     assert core.status("wallet", "platform").stored_key_count == before - 3
 
 
+def test_link_info_counts_consumed_key_bits(core: KmeCore) -> None:
+    """consumed_bits grows by exactly the key bits handed out (the key budget)."""
+    link = ("KME_WALLET", "KME_PLATFORM")
+    before = core.link_info(link).consumed_bits
+    core.enc_keys("wallet", "platform", req(number=2, size=512))
+    assert core.link_info(link).consumed_bits == before + 1024
+
+
 @pytest.mark.parametrize(
     ("caller", "slave", "error"),
     [

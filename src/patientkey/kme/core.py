@@ -302,7 +302,7 @@ def _echo(value: str) -> str:
 class _Link:
     """The two sites' copies of one link's key material (equal lengths, always)."""
 
-    __slots__ = ("a", "b", "capacity", "copies", "mismatches")
+    __slots__ = ("a", "b", "capacity", "consumed", "copies", "mismatches")
 
     def __init__(self, a: str, b: str, capacity_bytes: int) -> None:
         self.a = a
@@ -310,6 +310,7 @@ class _Link:
         self.capacity = capacity_bytes
         self.copies: dict[str, bytearray] = {a: bytearray(), b: bytearray()}
         self.mismatches = 0
+        self.consumed = 0  # bytes of key material handed out, ever (the key budget)
 
     @property
     def available(self) -> int:
@@ -329,6 +330,7 @@ class _Link:
         """Cut ``n`` bytes from both copies: (copy at ``site``, copy at the other end)."""
         here, there = self.copies[site], self.copies[self.other(site)]
         out = (bytes(here[:n]), bytes(there[:n]))
+        self.consumed += n
         del here[:n]
         del there[:n]
         return out
@@ -362,6 +364,7 @@ class LinkInfo:
     capacity_bits: int
     outstanding_keys: int
     mismatches: int
+    consumed_bits: int
 
 
 # --- the core --------------------------------------------------------------------------
@@ -454,6 +457,7 @@ class KmeCore:
             capacity_bits=link.capacity * 8,
             outstanding_keys=outstanding,
             mismatches=link.mismatches,
+            consumed_bits=link.consumed * 8,
         )
 
     # -- ETSI GS QKD 014 §5 ---------------------------------------------------------------
