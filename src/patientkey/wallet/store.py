@@ -1,0 +1,291 @@
+"""What the wallet keeps on disk: the encrypted keystore and the cache of sealed records.
+
+The keystore (:mod:`patientkey.crypto.keystore`, one secret named ``wallet``)
+holds the whole wallet state as one JSON document, so every change is one
+atomic file replacement::
+
+    {"format": "patientkey-wallet", "v": 1, "user_id": "u-alice",
+     "hospitals": {"<HIS_ID>": {"patient_id", "current": v, "keys": {"<v>": b64url(KUH_v)},
+                                "bound": bool,
+                                "rotation": null | {"state": "prepared" | "acked",
+                                    "current_version", "new_version", "nonce", "key"}}},
+     "third_parties": {"<B_ID>": {"current": v, "keys": {"<v-1>": ..., "<v>": ...},
+                                  "pending": null | {"version", "key"}}},
+     "pool": KeyPool.to_dict() | null}
+
+Sealed records are cached under ``<data_dir>/records/<HIS_ID>/<P_ID>.sealed``:
+ciphertext only (the body stays under its DEK, the DEK under KUH), written
+atomically with mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, read_keystore, write_keystore
+from patientkey.errors import Conflict, CryptoError, InvalidInput, NotFound, Unauthenticated
+from patientkey.keysupply.pool import KeyPool
+from patientkey.protocol.messages import B64Bytes, Ident
+from patientkey.protocol.states import Rotation
+
+__all__ = [
+    "FileRecordCache",
+    "HospitalKeys",
+    "PendingKub",
+    "PendingRotation",
+    "RecordCache",
+    "StateStore",
+    "ThirdPartyKeys",
+    "WalletKeystore",
+    "WalletState",
+]
+
+_FORMAT: Final = "patientkey-wallet"
+_ENTRY: Final = "wallet"
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_MODEL = ConfigDict(extra="forbid", frozen=True)
+Key32 = B64Bytes
+Version = int
+
+
+class PendingRotation(BaseModel):
+    """A KUH rotation under way (``protocol.states``: PREPARED or ACKED)."""
+
+    model_config = _MODEL
+
+    state: Literal[Rotation.PREPARED, Rotation.ACKED]
+    current_version: Version = Field(ge=1)
+    new_version: Version = Field(ge=2)
+    nonce: B64Bytes = Field(min_length=32, max_length=32, repr=False)
+    key: Key32 = Field(min_length=32, max_length=32, repr=False)
+
+    @model_validator(mode="after")
+    def _step(self) -> Self:
+        if self.new_version != self.current_version + 1:
+            raise ValueError("a rotation moves one version up")
+        return self
+
+
+class HospitalKeys(BaseModel):
+    """The patient's keys at one hospital: Patient_ID and every KUH version."""
+
+    model_config = _MODEL
+
+    patient_id: Ident
+    current: Version = Field(ge=1)
+    keys: dict[Version, Key32] = Field(repr=False)
+    bound: bool = False
+    rotation: PendingRotation | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.current not in self.keys:
+            raise ValueError("the current KUH version is missing")
+        if any(len(k) != 32 for k in self.keys.values()):
+            raise ValueError("a KUH is 32 bytes")
+        rot = self.rotation
+        if rot is not None:
+            # PREPARED: still on the old key; ACKED: committed locally, commit not yet delivered.
+            on = rot.current_version if rot.state is Rotation.PREPARED else rot.new_version
+            if self.current != on:
+                raise ValueError("pending rotation does not match the current version")
+        return self
+
+    @property
+    def kuh(self) -> bytes:
+        return self.keys[self.current]
+
+
+class PendingKub(BaseModel):
+    """The next KUB offered to a third party, kept until its receipt arrives."""
+
+    model_config = _MODEL
+
+    version: Version = Field(ge=1)
+    key: Key32 = Field(min_length=32, max_length=32, repr=False)
+
+
+class ThirdPartyKeys(BaseModel):
+    """The KUB ratchet towards one third party: the current and the previous version."""
+
+    model_config = _MODEL
+
+    current: Version | None = Field(None, ge=1)
+    keys: dict[Version, Key32] = Field(default_factory=dict, repr=False)
+    pending: PendingKub | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.current is not None and self.current not in self.keys:
+            raise ValueError("the current KUB version is missing")
+        return self
+
+    @property
+    def kub(self) -> bytes | None:
+        return None if self.current is None else self.keys[self.current]
+
+
+class _Stored(BaseModel):
+    model_config = _MODEL
+
+    format: Literal["patientkey-wallet"]
+    v: Literal[1]
+    user_id: Ident
+    hospitals: dict[Ident, HospitalKeys]
+    third_parties: dict[Ident, ThirdPartyKeys]
+    pool: dict[str, Any] | None
+
+
+@dataclass
+class WalletState:
+    """Everything the keystore holds, in memory. ``pool`` is the live KUE pool."""
+
+    user_id: str
+    hospitals: dict[str, HospitalKeys] = field(default_factory=dict)
+    third_parties: dict[str, ThirdPartyKeys] = field(default_factory=dict, repr=False)
+    pool: KeyPool | None = field(default=None, repr=False)
+
+    def to_bytes(self) -> bytes:
+        stored = _Stored(
+            format=_FORMAT,
+            v=1,
+            user_id=self.user_id,
+            hospitals=self.hospitals,
+            third_parties=self.third_parties,
+            pool=None if self.pool is None else self.pool.to_dict(),
+        )
+        return stored.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WalletState:
+        try:
+            stored = _Stored.model_validate_json(data)
+        except ValidationError as exc:
+            raise InvalidInput("wallet keystore content is malformed") from exc
+        return cls(
+            user_id=stored.user_id,
+            hospitals=dict(stored.hospitals),
+            third_parties=dict(stored.third_parties),
+            pool=None if stored.pool is None else KeyPool.from_dict(stored.pool),
+        )
+
+
+class StateStore(Protocol):
+    """Where the wallet state persists (atomically, whole)."""
+
+    def save(self, state: WalletState) -> None: ...
+
+
+class WalletKeystore:
+    """The wallet state in a passphrase-protected :mod:`patientkey.crypto.keystore` file."""
+
+    def __init__(
+        self, path: Path, passphrase: str, *, params: Argon2Params = DEFAULT_ARGON2
+    ) -> None:
+        if not passphrase:
+            raise InvalidInput("the keystore passphrase is empty")
+        self.path = path
+        self._passphrase = passphrase
+        self._params = params
+
+    def __repr__(self) -> str:
+        return f"WalletKeystore({str(self.path)!r})"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def create(self, state: WalletState) -> None:
+        """Write a new keystore; Conflict if one exists (it would lose its keys)."""
+        if self.path.exists():
+            raise Conflict(f"a keystore already exists at {self.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.save(state)
+
+    def load(self) -> WalletState:
+        """Open the keystore; Unauthenticated with a plain message for a wrong passphrase."""
+        if not self.path.exists():
+            raise NotFound(f"no keystore at {self.path} (run `wallet init` first)")
+        try:
+            secrets = read_keystore(self.path, self._passphrase)
+        except CryptoError as exc:
+            raise Unauthenticated(
+                "cannot open the keystore: wrong passphrase, or the file was modified"
+            ) from exc
+        if set(secrets) != {_ENTRY}:
+            raise InvalidInput(f"{self.path} is not a wallet keystore")
+        return WalletState.from_bytes(secrets[_ENTRY])
+
+    def save(self, state: WalletState) -> None:
+        """Replace the keystore file atomically with ``state``."""
+        write_keystore(self.path, self._passphrase, {_ENTRY: state.to_bytes()}, params=self._params)
+
+
+class RecordCache(Protocol):
+    """The wallet's local copies of sealed records (ciphertext), by (HIS_ID, P_ID)."""
+
+    def get(self, his_id: str, p_id: str) -> bytes | None: ...
+
+    def put(self, his_id: str, p_id: str, sealed: bytes) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, str]]: ...
+
+
+def _ident(value: str, what: str) -> str:
+    # Identifiers become path components: the protocol's alphabet has no "/" and
+    # starts alphanumeric, so "." and ".." cannot occur.
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+        raise InvalidInput(f"malformed {what}")
+    return value
+
+
+class FileRecordCache:
+    """:class:`RecordCache` in ``<data_dir>/records/<HIS_ID>/<P_ID>.sealed``."""
+
+    SUFFIX: Final = ".sealed"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "records"
+
+    def _path(self, his_id: str, p_id: str) -> Path:
+        return self.root / _ident(his_id, "HIS_ID") / (_ident(p_id, "P_ID") + self.SUFFIX)
+
+    def get(self, his_id: str, p_id: str) -> bytes | None:
+        try:
+            return self._path(his_id, p_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, his_id: str, p_id: str, sealed: bytes) -> None:
+        path = self._path(his_id, p_id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(sealed)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        if not self.root.is_dir():
+            return
+        for his_dir in sorted(self.root.iterdir()):
+            if not his_dir.is_dir() or not _IDENT.fullmatch(his_dir.name):
+                continue
+            for file in sorted(his_dir.glob("*" + self.SUFFIX)):
+                p_id = file.name.removesuffix(self.SUFFIX)
+                if _IDENT.fullmatch(p_id):
+                    yield his_dir.name, p_id
