@@ -1,0 +1,150 @@
+"""Run the hospital gateway over HTTPS with mutual TLS.
+
+``serve(config)`` reads the settings and the keystore (passphrase from
+``PATIENTKEY_PASSPHRASE``), opens and migrates the database, connects to its KME
+(ETSI GS QKD 014 client with its certificate) for the platform hop, and runs the
+app under uvicorn until interrupted; ``--port-file`` receives the port once it
+listens. ``python -m patientkey.hospital.server --config F --port-file P`` is the
+same; :class:`HospitalProcess` runs that in a subprocess for tests and demos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from patientkey.errors import ConfigError, PatientKeyError
+from patientkey.hospital.app import create_app
+from patientkey.hospital.core import HospitalCore
+from patientkey.hospital.settings import (
+    HospitalSettings,
+    load_hospital_settings,
+    load_storage_key,
+)
+from patientkey.keysupply.etsi014 import Etsi014Client
+from patientkey.pki import client_ssl_context
+from patientkey.protocol.channel import HopEnd
+from patientkey.service.client import PeerClient
+from patientkey.service.party import qkd_hop_end
+from patientkey.service.process import ServiceProcess, write_port_file
+from patientkey.service.tls import build_server
+from patientkey.storage import HospitalRepo, Party, SqlStore, open_database
+
+__all__ = ["HospitalProcess", "HospitalRuntime", "main", "open_runtime", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HospitalRuntime:
+    """A hospital core wired to its database, key supply and platform hop."""
+
+    settings: HospitalSettings
+    core: HospitalCore
+    hop: HopEnd
+
+
+@contextmanager
+def open_runtime(settings: HospitalSettings, *, connect: bool = True) -> Iterator[HospitalRuntime]:
+    """Open database, keystore and (with ``connect``) the KME and the platform client."""
+    storage_key = load_storage_key(settings.keystore)
+    with ExitStack() as stack:
+        db = open_database(settings.database, Party.HOSPITAL)
+        stack.callback(db.close)
+        db.upgrade()
+        supply = None
+        if connect and settings.kme_url is not None:
+            client = Etsi014Client.from_pki(settings.kme_url, settings.pki_dir, settings.name)
+            stack.callback(client.close)
+            supply = client
+        hop = qkd_hop_end(
+            settings.name,
+            [settings.platform],
+            supply,
+            policy=settings.qkd_policy,
+            rekey=settings.rekey,
+            replay_cache_entries=settings.replay_cache_entries,
+        )
+        platform: PeerClient | None = None
+        peer = settings.peers.get(settings.platform)
+        if connect and peer is not None:
+            platform = PeerClient(
+                hop,
+                settings.platform,
+                peer.url,
+                ssl_context=client_ssl_context(settings.pki_dir, settings.name),
+            )
+            stack.callback(platform.close)
+        core = HospitalCore(
+            settings.name, SqlStore(db, HospitalRepo), storage_key, platform=platform
+        )
+        yield HospitalRuntime(settings=settings, core=core, hop=hop)
+
+
+def serve(config_path: Path, *, port_file: Path | None = None) -> None:
+    """Run the hospital gateway of ``config_path`` until interrupted (blocking)."""
+    settings = load_hospital_settings(config_path)
+    with open_runtime(settings) as runtime:
+        app = create_app(runtime.core, runtime.hop, platform=settings.platform)
+        server, sock = build_server(
+            app, files=settings.files, host=settings.host, port=settings.port
+        )
+        try:
+            host, port = sock.getsockname()[:2]
+            log.info("hospital %s listening on https://%s:%d", settings.name, host, port)
+            if port_file is not None:
+                write_port_file(port_file, port)
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m patientkey.hospital.server")
+    parser.add_argument("--config", type=Path, required=True, help="hospital TOML settings")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here when ready")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        serve(args.config, port_file=args.port_file)
+    except ConfigError as exc:
+        log.error("%s", exc.detail)  # noqa: TRY400 - a config error needs no traceback
+        sys.exit(2)
+    except PatientKeyError as exc:
+        log.error("cannot start: %s", exc.detail)  # noqa: TRY400 - e.g. wrong passphrase
+        sys.exit(1)
+
+
+class HospitalProcess(ServiceProcess):
+    """The hospital gateway in a subprocess (``python -m patientkey.hospital.server``).
+
+    ``env`` must carry ``PATIENTKEY_PASSPHRASE`` unless the parent environment does.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        timeout: float = 30.0,
+        host: str = "localhost",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            ["patientkey.hospital.server", "--config", str(config_path)],
+            timeout=timeout,
+            host=host,
+            env=env,
+        )
+        self.config_path = config_path
+
+
+if __name__ == "__main__":
+    main()
