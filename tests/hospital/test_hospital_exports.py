@@ -12,8 +12,7 @@ MODULES = [
     for module in ("core", "app", "server", "settings", "cli")
 ] + [
     "patientkey.hospital.enrollment",
-    "patientkey.hospital._atrest",
-    "patientkey.thirdparty._atrest",
+    "patientkey.crypto.vault",
 ]
 
 

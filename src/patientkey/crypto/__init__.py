@@ -9,7 +9,8 @@ The rest of PatientKey calls these recipes, never raw ciphers:
 * :mod:`~patientkey.crypto.hpke` — HPKE with ML-KEM-768 + X25519 (third-party keys);
 * :mod:`~patientkey.crypto.bindproof` — the bind proof and mutual-authentication reply;
 * :mod:`~patientkey.crypto.keystore` — passphrase-protected local key storage;
-* :mod:`~patientkey.crypto.ratchet` — KUH rotation (wrap, ack, commit) and the KUB ratchet.
+* :mod:`~patientkey.crypto.ratchet` — KUH rotation (wrap, ack, commit) and the KUB ratchet;
+* :mod:`~patientkey.crypto.vault` — a party's keys at rest under its storage key.
 
 Every authentication failure raises the one opaque
 :class:`~patientkey.errors.CryptoError`; the precise reason is in

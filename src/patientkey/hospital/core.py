@@ -59,6 +59,7 @@ from patientkey.crypto.ratchet import (
     unwrap_rotation_key,
     verify_rotation_commit,
 )
+from patientkey.crypto.vault import KeyVault
 from patientkey.errors import (
     ConfigError,
     Conflict,
@@ -73,7 +74,6 @@ from patientkey.fhir.records import (
     load_record,
     size_bucket,
 )
-from patientkey.hospital._atrest import KeyVault
 from patientkey.hospital.enrollment import encode_enrollment_code
 from patientkey.pki import valid_party_name
 from patientkey.protocol.messages import (

@@ -50,6 +50,7 @@ from patientkey.crypto import (
     unwrap_dek,
 )
 from patientkey.crypto.ratchet import ShareContext, unwrap_next_kub
+from patientkey.crypto.vault import KeyVault
 from patientkey.errors import (
     ConfigError,
     Conflict,
@@ -69,7 +70,6 @@ from patientkey.protocol.messages import (
 )
 from patientkey.storage.repos import CLAIM_TRANSITIONS, Store, ThirdPartyRepository
 from patientkey.storage.schema import ClaimState
-from patientkey.thirdparty._atrest import KeyVault
 from patientkey.thirdparty.settings import ThirdPartyKeys
 
 __all__ = [

@@ -1,18 +1,19 @@
-"""KUB versions at rest: wrapped under the third party's storage key, bound to their row.
+"""Keys at rest: a party's secrets wrapped under its storage key, bound to their row.
 
-A wrapped key is a one-recipient sealed record (``patientkey.crypto.seal_record``):
-the key is the body (AES-256-GCM under a fresh DEK), the DEK is wrapped with AES-KW
-under ``HKDF(storage key, binding)`` for recipient ``storage:<B_ID>``. The record
-id (``kub.<version>``) and owner (the User_ID) sit in the authenticated header, so
-a wrapped key copied to another account's or version's row does not unwrap there.
-This reuses the one sealing recipe instead of a raw cipher (STYLE.md 6).
+A wrapped key is a one-recipient sealed record (:func:`seal_record`): the key is
+the body (AES-256-GCM under a fresh DEK), the DEK is wrapped with AES-KW under
+``HKDF(storage key, binding)`` for recipient ``storage:<party>``. The record id
+(e.g. ``kuh.<version>``) and owner (e.g. the Patient_ID) sit in the
+authenticated header, so a wrapped key copied to another row does not unwrap
+there. Used by the hospital (KUH versions) and third parties (KUBs, received
+records' keys); it reuses the one sealing recipe instead of a raw cipher.
 """
 
 from __future__ import annotations
 
 import logging
 
-from patientkey.crypto import SealedRecord, SymmetricRecipient, open_record, seal_record
+from patientkey.crypto.record import SealedRecord, SymmetricRecipient, open_record, seal_record
 from patientkey.errors import CryptoError, InvalidInput
 
 __all__ = ["KeyVault"]
@@ -34,10 +35,20 @@ class KeyVault:
     def __repr__(self) -> str:
         return f"KeyVault({self._kid})"
 
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    @property
+    def recipient(self) -> SymmetricRecipient:
+        """This vault as a record recipient (to re-wrap received records for storage)."""
+        return SymmetricRecipient(self._kid, 1, self._key)
+
     def wrap(self, owner: str, name: str, key: bytes) -> bytes:
         """``key`` sealed for storage in row (``owner``, ``name``)."""
-        recipient = SymmetricRecipient(self._kid, 1, self._key)
-        return seal_record(record_id=name, owner=owner, body=key, recipients=[recipient]).to_bytes()
+        return seal_record(
+            record_id=name, owner=owner, body=key, recipients=[self.recipient]
+        ).to_bytes()
 
     def unwrap(self, owner: str, name: str, blob: bytes) -> bytes:
         """The key stored in row (``owner``, ``name``); CryptoError if it is not that row's."""
