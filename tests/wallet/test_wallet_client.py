@@ -18,7 +18,7 @@ MODULES = [
     "patientkey.wallet.cli",
     "patientkey.wallet.client",
     "patientkey.wallet.core",
-    "patientkey.wallet.enrollment",
+    "patientkey.protocol.enrollment",
     "patientkey.wallet.hop",
     "patientkey.wallet.settings",
     "patientkey.wallet.store",

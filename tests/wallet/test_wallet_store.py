@@ -14,8 +14,8 @@ from wallet_fakes import HIS, PASSPHRASE, USER, World, b64url, enrollment_code, 
 
 from patientkey.crypto import Argon2Params
 from patientkey.errors import ConfigError, Conflict, InvalidInput, NotFound, Unauthenticated
+from patientkey.protocol.enrollment import parse_enrollment_code
 from patientkey.protocol.states import Rotation
-from patientkey.wallet.enrollment import parse_enrollment_code
 from patientkey.wallet.settings import load_wallet_settings
 from patientkey.wallet.store import (
     FileRecordCache,

@@ -74,8 +74,8 @@ from patientkey.fhir.records import (
     load_record,
     size_bucket,
 )
-from patientkey.hospital.enrollment import encode_enrollment_code
 from patientkey.pki import valid_party_name
+from patientkey.protocol.enrollment import encode_enrollment_code
 from patientkey.protocol.messages import (
     BindReply,
     BindVerify,

@@ -1,4 +1,4 @@
-"""The enrollment code the hospital hands its patient out of band (docs/protocol.md).
+"""The enrollment code as a QR picture (the format: ``patientkey.protocol.enrollment``).
 
 Text ``PKENROLL1.`` + base64url (no padding) of the compact JSON
 ``{"his_id", "patient_id", "kuh": b64url(32 bytes), "kv": 1}``, also rendered as a
@@ -7,31 +7,13 @@ QR code. It carries KUH: it is shown to the patient once and never logged or sto
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import os
 from pathlib import Path
-from typing import Final
 
 from patientkey.errors import InvalidInput
 
-__all__ = ["ENROLL_PREFIX", "encode_enrollment_code", "write_qr_png"]
-
-ENROLL_PREFIX: Final = "PKENROLL1."
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def encode_enrollment_code(his_id: str, patient_id: str, kuh: bytes, version: int = 1) -> str:
-    """The code text for ``patient_id`` at ``his_id`` holding KUH version ``version``."""
-    if not isinstance(kuh, bytes) or len(kuh) != 32:
-        raise InvalidInput("KUH must be 32 bytes")
-    document = {"his_id": his_id, "patient_id": patient_id, "kuh": _b64url(kuh), "kv": version}
-    compact = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    return ENROLL_PREFIX + _b64url(compact)
+__all__ = ["write_qr_png"]
 
 
 def write_qr_png(code: str, path: Path, *, scale: int = 6) -> None:

@@ -5,7 +5,6 @@
 - :mod:`.hop`        the KUE hop: pool keys persisted as used before sending, the
                      ML-KEM-768 + X25519 fallback
 - :mod:`.store`      keystore state and the cache of sealed records
-- :mod:`.enrollment` the hospital's ``PKENROLL1.`` code
 - :mod:`.trust`      third-party certificates against the CA
 - :mod:`.settings`   the TOML settings
 - :mod:`.client`     HTTPS to the platform and :func:`~.client.open_wallet`

@@ -69,6 +69,7 @@ from patientkey.fhir.records import PrescriptionSummary, ReportSummary, load_rec
 from patientkey.keysupply.hopkey import QkdPolicy
 from patientkey.keysupply.pool import KeyPool
 from patientkey.keysupply.rekey import RekeyPolicy
+from patientkey.protocol.enrollment import Enrollment, parse_enrollment_code
 from patientkey.protocol.messages import (
     BindReply,
     BindRequest,
@@ -87,7 +88,6 @@ from patientkey.protocol.messages import (
     ShareRequest,
 )
 from patientkey.protocol.states import Rotation, RotationEvent, rotation_next
-from patientkey.wallet.enrollment import Enrollment, parse_enrollment_code
 from patientkey.wallet.hop import PoolSupply, PqPort, WalletHop
 from patientkey.wallet.store import (
     HospitalKeys,

@@ -1,5 +1,8 @@
 """The enrollment code a hospital hands its patient out of band (docs/protocol.md).
 
+Both halves live here, the hospital's encoder and the wallet's strict parser,
+so the format has one definition.
+
 Text ``PKENROLL1.`` + base64url (no padding) of the compact JSON
 ``{"his_id", "patient_id", "kuh": b64url(32 bytes), "kv": 1}``. It carries KUH,
 so it is parsed strictly and never logged; a malformed code is
@@ -17,7 +20,7 @@ from typing import Any, Final
 
 from patientkey.errors import InvalidInput
 
-__all__ = ["ENROLL_PREFIX", "Enrollment", "parse_enrollment_code"]
+__all__ = ["ENROLL_PREFIX", "Enrollment", "encode_enrollment_code", "parse_enrollment_code"]
 
 ENROLL_PREFIX: Final = "PKENROLL1."
 MAX_CODE_CHARS: Final = 2048
@@ -48,6 +51,24 @@ def _b64url(text: str) -> bytes:
     if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != text:
         raise ValueError("non-canonical base64url")
     return data
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def encode_enrollment_code(his_id: str, patient_id: str, kuh: bytes, version: int = 1) -> str:
+    """The code text for ``patient_id`` at ``his_id`` holding KUH version ``version``."""
+    if not isinstance(kuh, bytes) or len(kuh) != KUH_LEN:
+        raise InvalidInput("KUH must be 32 bytes")
+    document = {
+        "his_id": his_id,
+        "patient_id": patient_id,
+        "kuh": _b64url_encode(kuh),
+        "kv": version,
+    }
+    compact = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return ENROLL_PREFIX + _b64url_encode(compact)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,336 @@
+"""A whole PatientKey deployment on loopback: the harness of the demo and the integration tests.
+
+:class:`Network` lays out a working directory (dev PKI, one TOML file per
+party, keystores), starts the KME, the hospital, the pharmacy and the platform
+as separate processes speaking HTTPS with mutual TLS, and sets the operators'
+steps up exactly as a user would, through the ``patientkey`` command
+(``hospital init``, ``thirdparty init/export``, ``platform register-thirdparty``,
+``platform charge-wallet``, ``wallet init/charge``). The patient's wallet and
+the pharmacist's desk are clients: the demo and tests drive them in-process
+through the same library the CLI uses (:meth:`wallet`, :meth:`pharmacy`).
+
+KME sites and QKD links (DESIGN.md): the platform shares a link with the
+hospital, with the pharmacy, and with the wallet charging terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from patientkey.errors import ConfigError
+from patientkey.kme.server import KmeProcess
+from patientkey.pki import client_ssl_context, init_pki
+from patientkey.service.process import ServiceProcess
+
+__all__ = ["Names", "Network"]
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    platform: str = "platform"
+    hospital: str = "hospital-1"
+    pharmacy: str = "pharmacy-1"
+    charger: str = "charger"
+    user: str = "u-alice"
+    operator: str = "operator"
+
+    @property
+    def sites(self) -> dict[str, str]:
+        return {
+            self.platform: "KME_PLATFORM",
+            self.hospital: "KME_HOSPITAL",
+            self.pharmacy: "KME_PHARMACY",
+            self.charger: "KME_CHARGER",
+        }
+
+
+def _free_port() -> int:
+    # Ask the kernel for a free port; the party binds it moments later. The
+    # platform and its peers must know each other's URLs before any starts.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _write_toml(path: Path, top: dict[str, object], peers: dict[str, str]) -> None:
+    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+    for name, url in peers.items():
+        lines += ["", f'[peers."{name}"]', f'url = "{url}"']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@dataclass
+class Network:
+    """Lay out, start and stop a loopback deployment in ``workdir``.
+
+    ``database`` maps a party to its SQLAlchemy URL (default: SQLite files in
+    ``workdir``, the platform's as ``platform.db``).
+    """
+
+    workdir: Path
+    names: Names = field(default_factory=Names)
+    database: dict[str, str] = field(default_factory=dict)
+    wallet_pool_keys: int = 256
+    platform_workers: int = 1
+    passphrase: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    # -- layout -----------------------------------------------------------------------
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    def config(self, party: str) -> Path:
+        return self.workdir / f"{party}.toml"
+
+    def db_url(self, party: str) -> str:
+        return self.database.get(party, f"sqlite:///{self.workdir / f'{party}.db'}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATIENTKEY_PASSPHRASE": self.passphrase}
+
+    def _kme_config(self) -> Path:
+        n = self.names
+        sites = "\n".join(f'{site} = ["{party}"]' for party, site in n.sites.items())
+        links = "".join(
+            f'\n[[links]]\na = "KME_PLATFORM"\nb = "{site}"\n'
+            "low_watermark_bits = 65536\nhigh_watermark_bits = 262144\n"
+            "[links.bb84]\npulses = 400000\nnoise = 0.02\n"
+            for party, site in n.sites.items()
+            if party != n.platform
+        )
+        path = self.workdir / "kme.toml"
+        path.write_text(
+            f'host = "127.0.0.1"\nport = 0\npki_dir = "pki"\nserver_name = "kme"\n'
+            f'admin_sae_ids = ["{n.operator}"]\nrefill_interval_s = 0.1\n'
+            f"[limits]\nmax_pool_bits = 1048576\n\n[sites]\n{sites}\n{links}",
+            encoding="utf-8",
+        )
+        return path
+
+    def _party_configs(self, kme_url: str) -> None:
+        n = self.names
+        common = {"host": "127.0.0.1", "pki_dir": "pki", "kme_url": kme_url}
+        _write_toml(
+            self.config(n.platform),
+            {
+                "name": n.platform,
+                **common,
+                "port": self._port(n.platform),
+                "database": self.db_url(n.platform),
+                "hospitals": [n.hospital],
+                "third_parties": [n.pharmacy],
+                "charger_sae": n.charger,
+                "keystore": f"{n.platform}.keys",
+                "workers": self.platform_workers,
+            },
+            {n.hospital: self.urls[n.hospital], n.pharmacy: self.urls[n.pharmacy]},
+        )
+        for party in (n.hospital, n.pharmacy):
+            _write_toml(
+                self.config(party),
+                {
+                    "name": party,
+                    **common,
+                    "port": self._port(party),
+                    "database": self.db_url(party),
+                    "keystore": f"{party}.keys",
+                    "platform": n.platform,
+                },
+                {n.platform: self.urls[n.platform]},
+            )
+        _write_toml(
+            self.config("wallet"),
+            {
+                "name": n.user,
+                "pki_dir": "pki",
+                "keystore": "wallet.keys",
+                "data_dir": "wallet-data",
+            },
+            {n.platform: self.urls[n.platform]},
+        )
+
+    def _port(self, party: str) -> int:
+        return int(self.urls[party].rsplit(":", 1)[1])
+
+    # -- running ----------------------------------------------------------------------
+
+    def cli(self, *args: str) -> str:
+        """Run ``patientkey ARGS`` as a user would; its output, or RuntimeError."""
+        done = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "patientkey", *args],
+            cwd=self.workdir,
+            env={**os.environ, **self.env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"patientkey {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def start(self) -> None:
+        """Everything up to a charged wallet and a registered pharmacy."""
+        n = self.names
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.environ.update(self.env)  # the in-process wallet and pharmacy read it too
+        init_pki(self.pki, ["kme", *n.sites, n.user, n.operator])
+        kme = KmeProcess(self._kme_config(), timeout=60.0, env=self.env)
+        self.processes["kme"] = kme
+        kme.start()
+        for party in (n.platform, n.hospital, n.pharmacy):
+            self.urls[party] = f"https://localhost:{_free_port()}"
+        self._party_configs(kme.base_url)
+        self.cli("hospital", "init", "--config", str(self.config(n.hospital)))
+        self.cli("thirdparty", "init", "--config", str(self.config(n.pharmacy)))
+        export = self.workdir / f"{n.pharmacy}.export.json"
+        self.cli(
+            "thirdparty", "export", "--config", str(self.config(n.pharmacy)), "--out", str(export)
+        )
+        self.cli(
+            "platform", "register-thirdparty", "--config", str(self.config(n.platform)), str(export)
+        )
+        for party, module in (
+            (n.hospital, "patientkey.hospital.server"),
+            (n.pharmacy, "patientkey.thirdparty.server"),
+            (n.platform, "patientkey.platform.server"),
+        ):
+            proc = ServiceProcess(
+                [module, "--config", str(self.config(party))],
+                env=self.env,
+                log_path=self.workdir / f"{party}.log",
+                timeout=60.0,
+            )
+            self.processes[party] = proc
+            proc.start()
+            if proc.base_url != self.urls[party]:
+                raise ConfigError(f"{party} listens on {proc.base_url}, not {self.urls[party]}")
+        self.cli("wallet", "init", "--config", str(self.config("wallet")))
+        pool = self.workdir / "wallet-pool.json"
+        self.cli(
+            "platform",
+            "charge-wallet",
+            "--config",
+            str(self.config(n.platform)),
+            "--user",
+            n.user,
+            "--count",
+            str(self.wallet_pool_keys),
+            "--out",
+            str(pool),
+        )
+        self.cli("wallet", "charge", str(pool), "--config", str(self.config("wallet")))
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop()
+        kme = self.processes.get("kme")
+        if kme is not None:
+            with contextlib.suppress(OSError):
+                (self.workdir / "kme.log").write_text(kme.log(), encoding="utf-8")
+        for proc in self.processes.values():
+            proc.close()
+        self.processes.clear()
+
+    def __enter__(self) -> Network:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def enroll(self, name: str, birth_date: str) -> tuple[str, str]:
+        """``patientkey hospital enroll``: (Patient_ID, enrollment code)."""
+        from patientkey.protocol.enrollment import parse_enrollment_code
+
+        out = self.cli(
+            "hospital",
+            "enroll",
+            "--config",
+            str(self.config(self.names.hospital)),
+            "--name",
+            name,
+            "--birth-date",
+            birth_date,
+        )
+        code = next(line for line in out.splitlines() if line.startswith("PKENROLL1."))
+        return parse_enrollment_code(code).patient_id, code
+
+    def import_records(self, directory: Path, patient_id: str) -> str:
+        """``patientkey hospital import``: validate, store, announce (metadata) to the platform."""
+        return self.cli(
+            "hospital",
+            "import",
+            str(directory),
+            "--patient",
+            patient_id,
+            "--config",
+            str(self.config(self.names.hospital)),
+        )
+
+    # -- observing --------------------------------------------------------------------
+
+    def consumed_bits(self) -> dict[str, int]:
+        """Quantum key bits each link has handed out so far, by the non-platform party."""
+        kme = self.processes["kme"]
+        by_site = {site: party for party, site in self.names.sites.items()}
+        with httpx.Client(
+            base_url=kme.base_url,
+            verify=client_ssl_context(self.pki, self.names.operator),
+            timeout=10,
+        ) as admin:
+            rows: list[dict[str, Any]] = admin.get("/admin/links").json()
+        return {by_site[str(row["b"])]: int(row["consumed_bits"]) for row in rows}
+
+    # -- the clients ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def wallet(self) -> Iterator[Any]:
+        """The patient's wallet core (``patientkey.wallet``), opened from its keystore."""
+        from patientkey.wallet.client import open_wallet
+        from patientkey.wallet.settings import load_wallet_settings
+
+        settings = load_wallet_settings(self.config("wallet"))
+        with open_wallet(settings, self.passphrase) as core:
+            yield core
+
+    @contextlib.contextmanager
+    def pharmacy(self) -> Iterator[Any]:
+        """The pharmacy's own core (dispensing, received records), as its desk runs it."""
+        from patientkey.thirdparty.server import open_runtime
+        from patientkey.thirdparty.settings import load_thirdparty_settings
+
+        settings = load_thirdparty_settings(self.config(self.names.pharmacy))
+        with open_runtime(settings) as runtime:
+            yield runtime.core
