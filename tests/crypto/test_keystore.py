@@ -183,3 +183,23 @@ def test_errors_and_logs_never_contain_secrets(tmp_path, caplog):
     texts = [*error_texts(info.value), caplog.text]
     assert_no_secret(texts, *[v for v in SECRETS.values() if v], b"hunter2-passphrase")
     assert "hunter2" not in " ".join(texts)
+
+
+def test_open_keystore_saves_without_rederiving(tmp_path):
+    """An open Keystore re-seals under the same salt with a fresh IV, readable by read_keystore."""
+    import json
+
+    from patientkey.crypto import Keystore, read_keystore
+
+    path = tmp_path / "ks"
+    store = Keystore.create(path, "pw", {"a": b"1"}, params=CHEAP)
+    first = json.loads(path.read_bytes())
+    store.save({"a": b"2", "b": b"3"})
+    second = json.loads(path.read_bytes())
+    assert first["kdf"] == second["kdf"]
+    assert first["iv"] != second["iv"]
+    assert read_keystore(path, "pw") == {"a": b"2", "b": b"3"}
+    reopened, secrets = Keystore.open(path, "pw")
+    assert secrets == {"a": b"2", "b": b"3"}
+    reopened.save({"c": b"4"})
+    assert read_keystore(path, "pw") == {"c": b"4"}

@@ -49,6 +49,7 @@ from patientkey.crypto.hpke import (
 from patientkey.crypto.keystore import (
     DEFAULT_ARGON2,
     Argon2Params,
+    Keystore,
     read_keystore,
     write_keystore,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "HpkeKeyPair",
     "HpkePublicKey",
     "KeyResolver",
+    "Keystore",
     "OpenedEnvelope",
     "PublicRecipient",
     "Recipient",

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_ARGON2",
     "MAX_KEYSTORE_BYTES",
     "Argon2Params",
+    "Keystore",
     "read_keystore",
     "write_keystore",
 ]
@@ -129,27 +130,19 @@ def _aad(kdf: dict[str, Any]) -> bytes:
     return compact_json({"format": _FORMAT, "v": _VERSION, "kdf": kdf})
 
 
-def write_keystore(
-    path: str | os.PathLike[str],
-    passphrase: str | bytes,
-    secrets: Mapping[str, bytes],
-    *,
-    params: Argon2Params = DEFAULT_ARGON2,
-) -> None:
-    """Encrypt ``secrets`` under ``passphrase`` and replace ``path`` atomically (mode 0600)."""
-    if not isinstance(params, Argon2Params):
-        raise InvalidInput("params must be Argon2Params")
+def _plain(secrets: Mapping[str, bytes]) -> dict[str, str]:
     if not isinstance(secrets, Mapping):
         raise InvalidInput("secrets must be a mapping of names to bytes")
-    plain = {
+    return {
         check_id(name, "secret name", _MAX_NAME): b64url_encode(check_bytes(value, name))
         for name, value in secrets.items()
     }
-    salt = os.urandom(params.salt_len)
-    key = _derive(_passphrase(passphrase), salt, params)
-    kdf = _kdf_header(params, salt)
+
+
+def _document(key: bytes, kdf: dict[str, Any], secrets: Mapping[str, bytes]) -> bytes:
+    """The file's bytes: ``secrets`` under ``key`` with a fresh IV (AES-256-GCM)."""
     iv = os.urandom(_IV_LEN)
-    ciphertext = AESGCM(key).encrypt(iv, compact_json(plain), _aad(kdf))
+    ciphertext = AESGCM(key).encrypt(iv, compact_json(_plain(secrets)), _aad(kdf))
     document = compact_json(
         {
             "format": _FORMAT,
@@ -161,7 +154,18 @@ def write_keystore(
     )
     if len(document) > MAX_KEYSTORE_BYTES:
         raise PayloadTooLarge("keystore too large")
-    _atomic_write(Path(path), document)
+    return document
+
+
+def write_keystore(
+    path: str | os.PathLike[str],
+    passphrase: str | bytes,
+    secrets: Mapping[str, bytes],
+    *,
+    params: Argon2Params = DEFAULT_ARGON2,
+) -> None:
+    """Encrypt ``secrets`` under ``passphrase`` and replace ``path`` atomically (mode 0600)."""
+    Keystore.create(path, passphrase, secrets, params=params)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -219,16 +223,21 @@ def _parse(document: bytes) -> tuple[Argon2Params, bytes, dict[str, Any], bytes,
 
 def read_keystore(path: str | os.PathLike[str], passphrase: str | bytes) -> dict[str, bytes]:
     """Decrypt the keystore at ``path``; :class:`CryptoError` for a wrong passphrase."""
-    file = Path(path)
+    return Keystore.open(path, passphrase)[1]
+
+
+def _read_document(path: Path) -> bytes:
     try:
-        with file.open("rb") as handle:
+        with path.open("rb") as handle:
             document = handle.read(MAX_KEYSTORE_BYTES + 1)
     except FileNotFoundError as exc:
         raise InvalidInput("no keystore at this path") from exc
     if len(document) > MAX_KEYSTORE_BYTES:
         raise PayloadTooLarge("keystore too large")
-    params, salt, kdf, iv, ciphertext = _parse(document)
-    key = _derive(_passphrase(passphrase), salt, params)
+    return document
+
+
+def _decrypt(key: bytes, kdf: dict[str, Any], iv: bytes, ciphertext: bytes) -> dict[str, bytes]:
     try:
         plain = AESGCM(key).decrypt(iv, ciphertext, _aad(kdf))
     except InvalidTag as exc:
@@ -244,3 +253,56 @@ def read_keystore(path: str | os.PathLike[str], passphrase: str | bytes) -> dict
     except (ValueError, TypeError, AttributeError, InvalidInput) as exc:
         # Authenticated but unreadable: only a bug of ours could write that.
         raise InvalidInput("keystore content is malformed") from exc
+
+
+class Keystore:
+    """An open keystore: Argon2id runs once, at open or create; every save re-seals the
+    secrets under the derived key with a fresh IV and replaces the file atomically.
+
+    A client that persists state before each message (the wallet) would otherwise
+    pay a full Argon2id derivation per message.
+    """
+
+    __slots__ = ("_kdf", "_key", "path")
+
+    def __init__(self, path: Path, key: bytes, kdf: dict[str, Any]) -> None:
+        self.path = path
+        self._key = key
+        self._kdf = kdf
+
+    def __repr__(self) -> str:
+        return f"Keystore({str(self.path)!r})"
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        passphrase: str | bytes,
+        secrets: Mapping[str, bytes],
+        *,
+        params: Argon2Params = DEFAULT_ARGON2,
+    ) -> Keystore:
+        """Write ``secrets`` to a new (or replaced) file with a fresh salt."""
+        if not isinstance(params, Argon2Params):
+            raise InvalidInput("params must be Argon2Params")
+        _plain(secrets)  # refuse bad input before the costly derivation
+        salt = os.urandom(params.salt_len)
+        store = cls(
+            Path(path), _derive(_passphrase(passphrase), salt, params), _kdf_header(params, salt)
+        )
+        store.save(secrets)
+        return store
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], passphrase: str | bytes
+    ) -> tuple[Keystore, dict[str, bytes]]:
+        """The open keystore and its secrets; :class:`CryptoError` for a wrong passphrase."""
+        file = Path(path)
+        params, salt, kdf, iv, ciphertext = _parse(_read_document(file))
+        key = _derive(_passphrase(passphrase), salt, params)
+        return cls(file, key, kdf), _decrypt(key, kdf, iv, ciphertext)
+
+    def save(self, secrets: Mapping[str, bytes]) -> None:
+        """Replace the file with ``secrets`` (same passphrase and salt, fresh IV)."""
+        _atomic_write(self.path, _document(self._key, self._kdf, secrets))

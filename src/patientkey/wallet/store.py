@@ -30,7 +30,7 @@ from typing import Any, Final, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, read_keystore, write_keystore
+from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, Keystore
 from patientkey.errors import Conflict, CryptoError, InvalidInput, NotFound, Unauthenticated
 from patientkey.keysupply.pool import KeyPool
 from patientkey.protocol.messages import B64Bytes, Ident
@@ -195,6 +195,8 @@ class WalletKeystore:
         self.path = path
         self._passphrase = passphrase
         self._params = params
+        # Argon2id runs once, when the file is first opened or created; saves reuse it.
+        self._open: Keystore | None = None
 
     def __repr__(self) -> str:
         return f"WalletKeystore({str(self.path)!r})"
@@ -214,7 +216,7 @@ class WalletKeystore:
         if not self.path.exists():
             raise NotFound(f"no keystore at {self.path} (run `wallet init` first)")
         try:
-            secrets = read_keystore(self.path, self._passphrase)
+            self._open, secrets = Keystore.open(self.path, self._passphrase)
         except CryptoError as exc:
             raise Unauthenticated(
                 "cannot open the keystore: wrong passphrase, or the file was modified"
@@ -225,7 +227,11 @@ class WalletKeystore:
 
     def save(self, state: WalletState) -> None:
         """Replace the keystore file atomically with ``state``."""
-        write_keystore(self.path, self._passphrase, {_ENTRY: state.to_bytes()}, params=self._params)
+        secrets = {_ENTRY: state.to_bytes()}
+        if self._open is None:
+            self._open = Keystore.create(self.path, self._passphrase, secrets, params=self._params)
+        else:
+            self._open.save(secrets)
 
 
 class RecordCache(Protocol):
