@@ -57,8 +57,11 @@ def test_enroll_with_a_bad_code_fails_cleanly(world: World) -> None:
     assert "Traceback" not in out
 
 
-def test_passphrase_comes_only_from_the_environment(world: World) -> None:
+def test_passphrase_comes_only_from_the_environment(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without PATIENTKEY_PASSPHRASE the CLI refuses (exit 2) and says which variable to set."""
+    monkeypatch.delenv("PATIENTKEY_PASSPHRASE", raising=False)
     code, out = run("init", "--config", str(world.config), env={"COLUMNS": "200"})
     assert code == 2
     assert "PATIENTKEY_PASSPHRASE" in out

@@ -11,18 +11,28 @@ through the same library the CLI uses (:meth:`wallet`, :meth:`pharmacy`).
 
 KME sites and QKD links (DESIGN.md): the platform shares a link with the
 hospital, with the pharmacy, and with the wallet charging terminal.
+
+For load generation (``patientkey bench rx``) the harness also takes per-party
+setting overrides (``overrides``: e.g. the platform's bind rate limits),
+platform worker processes, a replacement platform module (a profiling wrapper),
+and many wallet users at once (:meth:`add_users`, :meth:`enroll_many`,
+:meth:`import_many`, :meth:`charge_users`, :meth:`make_wallet`). Those batch
+steps call the same library functions as the ``patientkey`` commands, in this
+process, because one subprocess per user and step would take minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +97,11 @@ class Network:
     """Lay out, start and stop a loopback deployment in ``workdir``.
 
     ``database`` maps a party to its SQLAlchemy URL (default: SQLite files in
-    ``workdir``, the platform's as ``platform.db``).
+    ``workdir``, the platform's as ``platform.db``). ``overrides`` maps a party
+    (``names.platform``, ``names.hospital``, ``names.pharmacy``) to settings that
+    replace or extend its TOML file's top-level keys (e.g. ``bind_limit_user``).
+    ``platform_module`` is what ``python -m`` runs for the platform (it gets
+    ``--config`` and ``--port-file``).
     """
 
     workdir: Path
@@ -95,6 +109,8 @@ class Network:
     database: dict[str, str] = field(default_factory=dict)
     wallet_pool_keys: int = 256
     platform_workers: int = 1
+    overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+    platform_module: str = "patientkey.platform.server"
     passphrase: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
@@ -149,6 +165,7 @@ class Network:
                 "charger_sae": n.charger,
                 "keystore": f"{n.platform}.keys",
                 "workers": self.platform_workers,
+                **self.overrides.get(n.platform, {}),
             },
             {n.hospital: self.urls[n.hospital], n.pharmacy: self.urls[n.pharmacy]},
         )
@@ -162,6 +179,7 @@ class Network:
                     "database": self.db_url(party),
                     "keystore": f"{party}.keys",
                     "platform": n.platform,
+                    **self.overrides.get(party, {}),
                 },
                 {n.platform: self.urls[n.platform]},
             )
@@ -220,7 +238,7 @@ class Network:
         for party, module in (
             (n.hospital, "patientkey.hospital.server"),
             (n.pharmacy, "patientkey.thirdparty.server"),
-            (n.platform, "patientkey.platform.server"),
+            (n.platform, self.platform_module),
         ):
             proc = ServiceProcess(
                 [module, "--config", str(self.config(party))],
@@ -299,6 +317,152 @@ class Network:
             str(self.config(self.names.hospital)),
         )
 
+    # -- many users (load generation) -------------------------------------------------
+
+    def add_users(self, users: Sequence[str]) -> None:
+        """Client certificates for more wallet users (the platform trusts our CA)."""
+        init_pki(self.pki, list(users))
+
+    def enroll_many(self, people: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``hospital enroll`` for each (name, birth date): [(Patient_ID, enrollment code)].
+
+        One hospital runtime for all (the command opens one per patient).
+        """
+        from patientkey.hospital.server import open_runtime
+        from patientkey.hospital.settings import load_hospital_settings
+
+        settings = load_hospital_settings(self.config(self.names.hospital))
+        out: list[tuple[str, str]] = []
+        with open_runtime(settings, connect=False) as runtime:
+            for name, birth in people:
+                enrollment = runtime.core.enroll(name, date.fromisoformat(birth))
+                out.append((enrollment.patient_id, enrollment.code))
+        return out
+
+    def import_many(self, batches: Sequence[tuple[Path, str]]) -> int:
+        """``hospital import DIR --patient P`` for each (DIR, P); the number of records."""
+        from patientkey.hospital.server import open_runtime
+        from patientkey.hospital.settings import load_hospital_settings
+
+        settings = load_hospital_settings(self.config(self.names.hospital))
+        count = 0
+        with open_runtime(settings) as runtime:
+            for directory, patient_id in batches:
+                loaded = runtime.core.validate(directory)
+                count += len(runtime.core.store_records(patient_id, loaded))
+        return count
+
+    def charge_users(self, users: Sequence[str], count: int) -> dict[str, dict[str, Any]]:
+        """``platform charge-wallet`` for each user: the wallet halves (key material)."""
+        from patientkey.keysupply.etsi014 import Etsi014Client
+        from patientkey.platform.kue import charge_wallet
+        from patientkey.platform.settings import load_platform_settings
+        from patientkey.storage import Party, PlatformRepo, SqlStore, open_database
+
+        settings = load_platform_settings(self.config(self.names.platform))
+        if settings.kme_url is None:
+            raise ConfigError("charging needs the platform's kme_url")
+        db = open_database(settings.database, Party.PLATFORM)
+        pools: dict[str, dict[str, Any]] = {}
+        with (
+            db,
+            Etsi014Client.from_pki(settings.kme_url, settings.pki_dir, settings.name) as mine,
+            Etsi014Client.from_pki(
+                settings.charger_kme_url or settings.kme_url,
+                settings.pki_dir,
+                settings.charger_sae,
+            ) as charger,
+        ):
+            db.upgrade()
+            store = SqlStore(db, PlatformRepo)
+            for user in users:
+                result = charge_wallet(
+                    store,
+                    mine,
+                    user_id=user,
+                    count=count,
+                    me=settings.name,
+                    charger=settings.charger_sae,
+                    charger_supply=charger,
+                )
+                pools[user] = result.wallet_pool
+        return pools
+
+    def wallet_config(self, user: str) -> Path:
+        """The settings file of wallet ``user`` (the default user's is ``wallet.toml``)."""
+        if user == self.names.user:
+            return self.config("wallet")
+        return self.workdir / "wallets" / f"{user}.toml"
+
+    def make_wallet(
+        self,
+        user: str,
+        *,
+        codes: Sequence[str],
+        pool: Mapping[str, Any],
+        kdf: Mapping[str, int] | None = None,
+    ) -> Path:
+        """``wallet init`` + ``wallet enroll CODE``... + ``wallet charge`` for ``user``.
+
+        Writes ``wallets/<user>.toml`` and the keystore; ``kdf`` sets its Argon2id
+        cost (``time_cost``, ``memory_cost``, ``parallelism``). Returns the settings path.
+        """
+        from patientkey.keysupply.pool import KeyPool
+        from patientkey.protocol.enrollment import parse_enrollment_code
+        from patientkey.wallet.settings import load_wallet_settings
+        from patientkey.wallet.store import HospitalKeys, WalletKeystore, WalletState
+
+        path = self.wallet_config(user)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        top: dict[str, object] = {
+            "name": user,
+            "pki_dir": str(self.pki),
+            "keystore": f"{user}.keys",
+            "data_dir": f"{user}-data",
+        }
+        lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+        if kdf:
+            lines += ["", "[keystore_kdf]", *(f"{k} = {int(v)}" for k, v in kdf.items())]
+        lines += ["", f'[peers."{self.names.platform}"]', f'url = "{self.urls[self.names.platform]}"']
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        settings = load_wallet_settings(path)
+        state = WalletState(user_id=user, pool=KeyPool.from_dict(dict(pool)))
+        for code in codes:
+            enrollment = parse_enrollment_code(code)
+            state.hospitals[enrollment.his_id] = HospitalKeys(
+                patient_id=enrollment.patient_id,
+                current=enrollment.version,
+                keys={enrollment.version: enrollment.kuh},
+            )
+        WalletKeystore(
+            settings.keystore, self.passphrase, params=settings.keystore_kdf.params()
+        ).create(state)
+        return path
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids of each service (the platform's forked workers included).
+
+        Found by command line (the party's config file), so a pre-fork parent and
+        its workers, which share it, are all listed.
+        """
+        wanted = {
+            "kme": str(self.workdir / "kme.toml"),
+            **{party: str(self.config(party)) for party in self.urls},
+        }
+        found: dict[str, list[int]] = {name: [] for name in wanted}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = {a.decode(errors="replace") for a in argv}
+            for name, config in wanted.items():
+                if config in args:
+                    found[name].append(int(entry.name))
+        return found
+
     # -- observing --------------------------------------------------------------------
 
     def consumed_bits(self) -> dict[str, int]:
@@ -316,14 +480,29 @@ class Network:
     # -- the clients ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def wallet(self) -> Iterator[Any]:
-        """The patient's wallet core (``patientkey.wallet``), opened from its keystore."""
+    def wallet(self, user: str | None = None, *, persist: bool = True) -> Iterator[Any]:
+        """The patient's wallet core (``patientkey.wallet``), opened from its keystore.
+
+        ``user``: another wallet made by :meth:`make_wallet`; ``persist=False``: see
+        :func:`patientkey.wallet.client.open_wallet` (load generation only).
+        """
         from patientkey.wallet.client import open_wallet
         from patientkey.wallet.settings import load_wallet_settings
 
-        settings = load_wallet_settings(self.config("wallet"))
-        with open_wallet(settings, self.passphrase) as core:
+        settings = load_wallet_settings(self.wallet_config(user or self.names.user))
+        with open_wallet(settings, self.passphrase, persist=persist) as core:
             yield core
+
+    def wallet_state(self) -> Any:
+        """The wallet's decrypted keystore (for audits such as the blindness scan)."""
+        from patientkey.wallet.settings import load_wallet_settings
+        from patientkey.wallet.store import WalletKeystore
+
+        settings = load_wallet_settings(self.config("wallet"))
+        store = WalletKeystore(
+            settings.keystore, self.passphrase, params=settings.keystore_kdf.params()
+        )
+        return store.load()
 
     @contextlib.contextmanager
     def pharmacy(self) -> Iterator[Any]:

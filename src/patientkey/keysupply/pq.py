@@ -23,6 +23,7 @@ from patientkey.errors import CryptoError, InvalidInput
 
 __all__ = [
     "PQ_INIT_LEN",
+    "PQ_PRIVATE_LEN",
     "PQ_PUBLIC_LEN",
     "PqResponder",
     "PqSecrets",
@@ -32,7 +33,9 @@ __all__ = [
 _MLKEM_PK = 1184
 _MLKEM_CT = 1088
 _X25519 = 32
+_MLKEM_SEED = 64
 PQ_PUBLIC_LEN = _MLKEM_PK + _X25519
+PQ_PRIVATE_LEN = _MLKEM_SEED + _X25519
 PQ_INIT_LEN = _MLKEM_CT + _X25519
 
 
@@ -54,11 +57,36 @@ def _exchange_id(init_message: bytes) -> str:
 
 
 class PqResponder:
-    """The side that publishes a public key (the platform, or a wallet)."""
+    """The side that publishes a public key (the platform, or a wallet).
 
-    def __init__(self) -> None:
-        self._mlkem = mlkem.MLKEM768PrivateKey.generate()
-        self._x25519 = x25519.X25519PrivateKey.generate()
+    A fresh key pair by default; :meth:`private_bytes` / :meth:`from_private_bytes`
+    keep one across restarts (inside an encrypted keystore: it is a secret).
+    """
+
+    def __init__(
+        self,
+        mlkem_key: mlkem.MLKEM768PrivateKey | None = None,
+        x25519_key: x25519.X25519PrivateKey | None = None,
+    ) -> None:
+        self._mlkem = mlkem_key or mlkem.MLKEM768PrivateKey.generate()
+        self._x25519 = x25519_key or x25519.X25519PrivateKey.generate()
+
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> PqResponder:
+        """Load :meth:`private_bytes` output; :class:`InvalidInput` if malformed."""
+        if not isinstance(data, bytes) or len(data) != PQ_PRIVATE_LEN:
+            raise InvalidInput(f"PQ private key must be {PQ_PRIVATE_LEN} bytes")
+        try:
+            return cls(
+                mlkem.MLKEM768PrivateKey.from_seed_bytes(data[:_MLKEM_SEED]),
+                x25519.X25519PrivateKey.from_private_bytes(data[_MLKEM_SEED:]),
+            )
+        except ValueError as exc:
+            raise InvalidInput("malformed PQ private key") from exc
+
+    def private_bytes(self) -> bytes:
+        """ML-KEM-768 seed (64 B) ‖ X25519 private key (32 B). Secret!"""
+        return self._mlkem.private_bytes_raw() + self._x25519.private_bytes_raw()
 
     def public_bytes(self) -> bytes:
         """ML-KEM-768 encapsulation key (1184 B) ‖ X25519 public key (32 B)."""

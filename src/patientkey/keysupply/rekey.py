@@ -177,14 +177,33 @@ class HopReceiver:
         self._sessions: OrderedDict[tuple[object, ...], HopKey] = OrderedDict()
         self._max = max_sessions
         self._lock = threading.Lock()
+        # One fetch per session: a session's QKD key is released by the supply once, so
+        # two messages of a new session arriving together must not both fetch it.
+        self._fetching: dict[tuple[object, ...], threading.Lock] = {}
 
-    def _session(self, kid: KeyId) -> HopKey | None:
-        base = (kid.qkd, kid.pq)
+    def _cached(self, base: tuple[object, ...]) -> HopKey | None:
         with self._lock:
             cached = self._sessions.get(base)
             if cached is not None:
                 self._sessions.move_to_end(base)
-                return cached
+            return cached
+
+    def _session(self, kid: KeyId) -> HopKey | None:
+        base = (kid.qkd, kid.pq)
+        cached = self._cached(base)
+        if cached is not None:
+            return cached
+        with self._lock:
+            fetching = self._fetching.setdefault(base, threading.Lock())
+        try:
+            with fetching:
+                return self._cached(base) or self._new_session(kid, base)
+        finally:
+            with self._lock:
+                if self._fetching.get(base) is fetching and not fetching.locked():
+                    del self._fetching[base]
+
+    def _new_session(self, kid: KeyId, base: tuple[object, ...]) -> HopKey | None:
         pq = None
         if kid.pq is not None:
             pq = self._pq_lookup(kid.pq) if self._pq_lookup else None

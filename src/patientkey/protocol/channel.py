@@ -13,6 +13,7 @@ Pure apart from the key supply: bytes in, bytes out, no HTTP. The same
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class HopEnd:
         self._senders = dict(senders)
         self._receivers = dict(receivers)
         self._window = window_s
+        # The key the opener resolved, per thread: receive() derives the reply key from
+        # it instead of resolving again (a one-time key is gone once its session is evicted).
+        self._resolved = threading.local()
         self._opener = EnvelopeOpener(
             me, self._resolve, window_s=window_s, replay_cache=replay_cache
         )
@@ -99,7 +103,9 @@ class HopEnd:
 
     def _resolve(self, peer: str, kid: str) -> bytes | None:
         hop = self._peer(peer)
-        return None if hop is None else hop[1].resolve(kid)
+        key = None if hop is None else hop[1].resolve(kid)
+        self._resolved.last = (peer, kid, key)
+        return key
 
     @property
     def qkd_bits_used(self) -> int:
@@ -129,13 +135,19 @@ class HopEnd:
 
     def receive(self, token: str | bytes, expected: type[M]) -> Incoming[M]:
         """Open a request; CryptoError if it is not authentic, fresh and ours."""
+        self._resolved.last = None
         opened = self._opener.open(token)
         if opened.mtype != expected.MTYPE:
             raise CryptoError(
                 f"envelope: message type {opened.mtype!r} on a {expected.MTYPE} route"
             )
-        key = self._resolve(opened.sender, opened.kid)
-        if key is None:  # resolved a moment ago; only a vanished session gets here
+        last = self._resolved.last
+        self._resolved.last = None
+        if last is not None and last[:2] == (opened.sender, opened.kid):
+            key = last[2]
+        else:  # pragma: no cover - the opener resolves exactly this (sender, kid)
+            key = self._resolve(opened.sender, opened.kid)
+        if key is None:
             raise CryptoError("envelope: key vanished")
         message = decode_message(opened.payload, expected)
         return Incoming(opened.sender, opened.jti, message, _reply_key(key, opened.jti))

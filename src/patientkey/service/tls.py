@@ -15,6 +15,7 @@ counts as identity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from typing import Any
@@ -77,9 +78,24 @@ class MutualTLSH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _no_delay(transport)
         tls = tls_extension(transport)
         if tls is not None:
             self.app = WithTLS(self.app, tls)
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    """Switch Nagle's algorithm off for this connection.
+
+    asyncio sets TCP_NODELAY only on sockets whose ``proto`` is IPPROTO_TCP, and
+    ``socket.create_server`` (see :func:`build_server`) makes them with proto 0, so
+    accepted connections would keep Nagle: a response written as headers, then body,
+    waits for the client's delayed ACK — about 40 ms on every request.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def caller_name(request: Request) -> str:

@@ -34,11 +34,14 @@ from patientkey.storage.repos import (
     HospitalRepo,
     HospitalRepository,
     KeyVersion,
+    KueKey,
+    ListedRecord,
     NewRecord,
     Patient,
     PlatformRecord,
     PlatformRepo,
     PlatformRepository,
+    PqExchange,
     Received,
     Share,
     SqlStore,
@@ -48,7 +51,14 @@ from patientkey.storage.repos import (
     ThirdPartyRepository,
     utc_now,
 )
-from patientkey.storage.schema import ClaimState, DispenseState, KeyState, Party, ShareKind
+from patientkey.storage.schema import (
+    ClaimState,
+    DispenseState,
+    KeyState,
+    KueDirection,
+    Party,
+    ShareKind,
+)
 
 __all__ = [
     "CLAIM_TRANSITIONS",
@@ -68,12 +78,16 @@ __all__ = [
     "HospitalRepository",
     "KeyState",
     "KeyVersion",
+    "KueDirection",
+    "KueKey",
+    "ListedRecord",
     "NewRecord",
     "Party",
     "Patient",
     "PlatformRecord",
     "PlatformRepo",
     "PlatformRepository",
+    "PqExchange",
     "Received",
     "Share",
     "ShareKind",

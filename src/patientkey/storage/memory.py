@@ -36,10 +36,13 @@ from patientkey.storage.repos import (
     HospitalRecord,
     HospitalRepository,
     KeyVersion,
+    KueKey,
+    ListedRecord,
     NewRecord,
     Patient,
     PlatformRecord,
     PlatformRepository,
+    PqExchange,
     Received,
     Share,
     ThirdParty,
@@ -51,17 +54,23 @@ from patientkey.storage.repos import (
     _check_date,
     _check_detail,
     _check_events_query,
+    _check_exchange_id,
     _check_id,
     _check_int,
+    _check_key_ids,
+    _check_kue_direction,
+    _check_kue_keys,
     _check_pem,
     _check_share_kind,
+    _check_stamp,
     _check_text,
     _check_window,
     _claim_step,
+    _listed,
     _rate_window,
     utc_now,
 )
-from patientkey.storage.schema import ClaimState, DispenseState, KeyState, ShareKind
+from patientkey.storage.schema import ClaimState, DispenseState, KeyState, KueDirection, ShareKind
 
 __all__ = [
     "HospitalState",
@@ -113,6 +122,10 @@ class PlatformState:
     rate_limits: dict[str, tuple[datetime, int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     next_seq: int = 1
+    # key ID -> (user, direction, key, created_at)
+    kue_keys: dict[str, tuple[str, KueDirection, bytes, datetime]] = field(default_factory=dict)
+    pq_exchanges: dict[_Key, PqExchange] = field(default_factory=dict)
+    replay: dict[_Key, datetime] = field(default_factory=dict)
 
 
 class MemoryPlatformRepo:
@@ -373,6 +386,133 @@ class MemoryPlatformRepo:
         ]
         return found[:limit]
 
+    def listing(self, user_id: str) -> list[ListedRecord]:
+        _check_id("user_id", user_id)
+        mine = {(b.his_id, b.patient_id) for b in self._s.bindings.values() if b.user_id == user_id}
+        rows = []
+        for record in self._s.records.values():
+            if (record.his_id, record.patient_id) in mine:
+                claim = self._s.dispense.get((record.his_id, record.p_id))
+                rows.append(
+                    (
+                        record.his_id,
+                        record.p_id,
+                        record.record_type,
+                        record.sealed is not None,
+                        None if claim is None else claim.state.value,
+                    )
+                )
+        shares = [
+            (s.his_id, s.p_id, s.b_id)
+            for s in self._s.shares.values()
+            if s.user_id == user_id and s.delivered
+        ]
+        return _listed(rows, shares)
+
+    def counts(self) -> dict[str, int]:
+        s = self._s
+        out = {
+            "accounts": len(s.accounts),
+            "bindings": len(s.bindings),
+            "records": len(s.records),
+            "records_fetched": sum(r.sealed is not None for r in s.records.values()),
+            "third_parties": len(s.third_parties),
+            "shares": len(s.shares),
+            "shares_delivered": sum(x.delivered for x in s.shares.values()),
+        }
+        for state in DispenseState:
+            out[f"dispense_{state.value}"] = sum(d.state is state for d in s.dispense.values())
+        for direction in KueDirection:
+            out[f"kue_keys_{direction.value}"] = sum(k[1] is direction for k in s.kue_keys.values())
+        out["pq_exchanges"] = len(s.pq_exchanges)
+        out["events"] = len(s.events)
+        return out
+
+    def add_kue_keys(
+        self, user_id: str, direction: KueDirection | str, keys: Sequence[KueKey]
+    ) -> int:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        checked = _check_kue_keys(keys)
+        self._account(user_id)
+        if any(k.key_id in self._s.kue_keys for k in checked):
+            raise Conflict("a KUE key ID is already stored")
+        now = self._now()
+        for k in checked:
+            self._s.kue_keys[k.key_id] = (user_id, way, k.key, now)
+        return len(checked)
+
+    def take_kue_keys(
+        self, user_id: str, direction: KueDirection | str, number: int
+    ) -> list[KueKey]:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        _check_int("number", number, 1)
+        mine = sorted(
+            (created, key_id)
+            for key_id, (owner, d, _, created) in self._s.kue_keys.items()
+            if owner == user_id and d is way
+        )
+        if len(mine) < number:
+            raise NotFound("not enough KUE keys left")
+        return [KueKey(key_id, self._s.kue_keys.pop(key_id)[2]) for _, key_id in mine[:number]]
+
+    def take_kue_keys_by_id(
+        self, user_id: str, direction: KueDirection | str, key_ids: Sequence[str]
+    ) -> list[KueKey]:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        ids = _check_key_ids(key_ids)
+        for key_id in ids:
+            entry = self._s.kue_keys.get(key_id)
+            if entry is None or entry[0] != user_id or entry[1] is not way:
+                raise NotFound("unknown or already used KUE key ID")
+        return [KueKey(key_id, self._s.kue_keys.pop(key_id)[2]) for key_id in ids]
+
+    def kue_key_count(self, user_id: str, direction: KueDirection | str) -> int:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        return sum(1 for u, d, _, _ in self._s.kue_keys.values() if u == user_id and d is way)
+
+    def add_pq_exchange(self, user_id: str, exchange_id: str, init: bytes) -> PqExchange:
+        _check_id("user_id", user_id)
+        _check_exchange_id(exchange_id)
+        _check_bytes("init", init)
+        self._account(user_id)
+        old = self._s.pq_exchanges.get((user_id, exchange_id))
+        if old is not None:
+            if old.init != init:
+                raise Conflict("exchange known with another init message")
+            return old
+        exchange = PqExchange(user_id, exchange_id, init, self._now())
+        self._s.pq_exchanges[user_id, exchange_id] = exchange
+        return exchange
+
+    def get_pq_exchange(self, user_id: str, exchange_id: str) -> PqExchange:
+        _check_id("user_id", user_id)
+        _check_exchange_id(exchange_id)
+        try:
+            return self._s.pq_exchanges[user_id, exchange_id]
+        except KeyError:
+            raise NotFound("PQ exchange not found") from None
+
+    def guard_replay(self, sender: str, jti: str, expires_at: datetime) -> bool:
+        _check_id("sender", sender)
+        _check_text("jti", jti, 256)
+        until = _check_stamp("expires_at", expires_at)
+        old = self._s.replay.get((sender, jti))
+        if old is not None and old > self._now():
+            return False
+        self._s.replay[sender, jti] = until
+        return True
+
+    def purge_replay(self) -> int:
+        now = self._now()
+        expired = [key for key, until in self._s.replay.items() if until <= now]
+        for key in expired:
+            del self._s.replay[key]
+        return len(expired)
+
 
 # ─────────────────────────────────────────────────────────────── hospital
 
@@ -420,6 +560,9 @@ class MemoryHospitalRepo:
             return self._s.patients[patient_id]
         except KeyError:
             raise NotFound("patient not found") from None
+
+    def list_patients(self) -> list[Patient]:
+        return sorted(self._s.patients.values(), key=lambda p: p.patient_id)
 
     def current_kuh(self, patient_id: str) -> KeyVersion:
         self.get_patient(patient_id)
@@ -548,6 +691,20 @@ class MemoryThirdPartyRepo:
         except KeyError:
             raise NotFound("KUB version not found") from None
 
+    def reset_kub(self, user_id: str, version: int, wrapped_key: bytes) -> KeyVersion:
+        _check_id("user_id", user_id)
+        _check_int("version", version, 1)
+        _check_bytes("wrapped_key", wrapped_key)
+        for owner, held in list(self._s.kub):
+            if owner == user_id and held >= version:
+                del self._s.kub[owner, held]
+        for (owner, held), key in list(self._s.kub.items()):
+            if owner == user_id and key.state is KeyState.CURRENT:
+                self._s.kub[owner, held] = replace(key, state=KeyState.RETIRED)
+        key = KeyVersion(user_id, version, wrapped_key, KeyState.CURRENT, self._now())
+        self._s.kub[user_id, version] = key
+        return key
+
     def store_received(self, his_id: str, p_id: str, user_id: str, sealed: bytes) -> Received:
         _check_id("his_id", his_id)
         _check_id("p_id", p_id)
@@ -572,6 +729,9 @@ class MemoryThirdPartyRepo:
         _check_id("user_id", user_id)
         found = [r for r in self._s.received.values() if r.user_id == user_id]
         return sorted(found, key=lambda r: (r.his_id, r.p_id))
+
+    def list_received(self) -> list[Received]:
+        return sorted(self._s.received.values(), key=lambda r: (r.his_id, r.p_id))
 
     def set_claim(self, his_id: str, p_id: str, state: ClaimState | str) -> Claim:
         _check_id("his_id", his_id)

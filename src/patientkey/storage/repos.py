@@ -37,13 +37,26 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Result, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Result,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -62,11 +75,15 @@ from patientkey.storage.schema import (
     HospitalRecordRow,
     KeyState,
     KubKeyRow,
+    KueDirection,
+    KueKeyRow,
     KuhKeyRow,
     PatientRow,
     PlatformRecordRow,
+    PqExchangeRow,
     RateLimitRow,
     ReceivedRow,
+    ReplayRow,
     ShareKind,
     ShareRow,
     ThirdPartyRow,
@@ -86,11 +103,14 @@ __all__ = [
     "HospitalRepo",
     "HospitalRepository",
     "KeyVersion",
+    "KueKey",
+    "ListedRecord",
     "NewRecord",
     "Patient",
     "PlatformRecord",
     "PlatformRepo",
     "PlatformRepository",
+    "PqExchange",
     "Received",
     "Share",
     "SqlStore",
@@ -108,6 +128,8 @@ EventDetail = Mapping[str, str | int | float | bool | None]
 """Event metadata: a flat map of scalars (identifiers, counts, outcomes — no health data)."""
 
 MAX_EVENT_DETAIL_BYTES: Final = 4_096
+MAX_KUE_KEY_BYTES: Final = 512
+MAX_KUE_KEYS_PER_CALL: Final = 100_000
 _MAX_SQL_INT: Final = 2**31 - 1
 
 
@@ -208,6 +230,36 @@ class Event:
     kind: str
     user_id: str | None
     detail: EventDetail
+
+
+@dataclass(frozen=True, slots=True)
+class KueKey:
+    """One key of a wallet's KUE pool: a canonical UUID key ID and the key bytes."""
+
+    key_id: str
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PqExchange:
+    """A wallet's post-quantum exchange: its public init message (no secret)."""
+
+    user_id: str
+    exchange_id: str
+    init: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ListedRecord:
+    """What an account's record list shows: metadata only, no ciphertext."""
+
+    his_id: str
+    p_id: str
+    record_type: str
+    fetched: bool
+    dispense: DispenseState | None
+    shared_with: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +463,77 @@ class PlatformRepository(Protocol):
         """Events with ``seq > after``, oldest first, optionally of one account."""
         ...
 
+    def listing(self, user_id: str) -> list[ListedRecord]:
+        """The records of every patient bound to the account, by (HIS_ID, P_ID).
+
+        ``shared_with`` names the third parties with a delivered share by this account
+        (sorted, once each); ``dispense`` is the claim state, ``None`` before one exists.
+        """
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for operators (``accounts``, ``bindings``, ``records``, ...)."""
+        ...
+
+    # the wallet hop (KUE)
+
+    def add_kue_keys(
+        self, user_id: str, direction: KueDirection | str, keys: Sequence[KueKey]
+    ) -> int:
+        """Store keys of the account's half of its KUE pool; return how many.
+
+        ``NotFound`` without the account; ``InvalidInput`` for a malformed or repeated
+        key ID or a bad key; ``Conflict`` if a key ID is already stored.
+        """
+        ...
+
+    def take_kue_keys(
+        self, user_id: str, direction: KueDirection | str, number: int
+    ) -> list[KueKey]:
+        """Take (delete and return) ``number`` keys, by (created_at, key ID).
+
+        All or nothing: ``NotFound`` if fewer are left, and then none is taken.
+        """
+        ...
+
+    def take_kue_keys_by_id(
+        self, user_id: str, direction: KueDirection | str, key_ids: Sequence[str]
+    ) -> list[KueKey]:
+        """Take (delete and return) the named keys, in the order named.
+
+        All or nothing: ``NotFound`` if any is unknown, used, or of another account or
+        direction; ``InvalidInput`` for a malformed or repeated key ID.
+        """
+        ...
+
+    def kue_key_count(self, user_id: str, direction: KueDirection | str) -> int:
+        """How many keys of the direction are left for the account."""
+        ...
+
+    def add_pq_exchange(self, user_id: str, exchange_id: str, init: bytes) -> PqExchange:
+        """Keep a wallet's PQ init message (idempotent for identical data).
+
+        ``NotFound`` without the account; ``Conflict`` if the exchange ID is known with
+        another init message.
+        """
+        ...
+
+    def get_pq_exchange(self, user_id: str, exchange_id: str) -> PqExchange:
+        """The exchange; ``NotFound`` if absent."""
+        ...
+
+    def guard_replay(self, sender: str, jti: str, expires_at: datetime) -> bool:
+        """Remember ``(sender, jti)`` until ``expires_at``.
+
+        ``True`` the first time (or once an earlier entry expired), ``False`` for a
+        replay of an unexpired entry — also when a concurrent transaction won.
+        """
+        ...
+
+    def purge_replay(self) -> int:
+        """Forget expired replay-guard entries; return how many."""
+        ...
+
 
 class HospitalRepository(Protocol):
     """A hospital gateway's store: patients, KUH versions, FHIR records."""
@@ -423,6 +546,10 @@ class HospitalRepository(Protocol):
 
     def get_patient(self, patient_id: str) -> Patient:
         """The patient; ``NotFound`` if absent."""
+        ...
+
+    def list_patients(self) -> list[Patient]:
+        """Every enrolled patient, by Patient_ID."""
         ...
 
     def current_kuh(self, patient_id: str) -> KeyVersion:
@@ -487,6 +614,15 @@ class ThirdPartyRepository(Protocol):
         """One KUB version; ``NotFound`` if absent."""
         ...
 
+    def reset_kub(self, user_id: str, version: int, wrapped_key: bytes) -> KeyVersion:
+        """Make ``version`` the current KUB, first dropping every version at or above it.
+
+        The ratchet's two restarts: a fresh HPKE share starts over at version 1, and a
+        share repeated under KUB_v (its receipt was lost) replaces the KUB_{v+1} the
+        first one delivered. Versions below ``version`` are kept, retired.
+        """
+        ...
+
     def store_received(self, his_id: str, p_id: str, user_id: str, sealed: bytes) -> Received:
         """Keep a shared record (a newer share from the same account replaces it).
 
@@ -500,6 +636,10 @@ class ThirdPartyRepository(Protocol):
 
     def received_from(self, user_id: str) -> list[Received]:
         """Everything received from one account, by (HIS_ID, P_ID)."""
+        ...
+
+    def list_received(self) -> list[Received]:
+        """Everything received, by (HIS_ID, P_ID)."""
         ...
 
     def set_claim(self, his_id: str, p_id: str, state: ClaimState | str) -> Claim:
@@ -611,6 +751,63 @@ def _check_share_kind(kind: ShareKind | str) -> ShareKind:
         return ShareKind(kind)
     except ValueError:
         raise InvalidInput("share kind must be 'hpke' or 'kub'") from None
+
+
+def _check_kue_direction(direction: KueDirection | str) -> KueDirection:
+    try:
+        return KueDirection(direction)
+    except ValueError:
+        raise InvalidInput("KUE direction must be 'to_wallet' or 'from_wallet'") from None
+
+
+def _check_key_id(value: object) -> str:
+    """A key ID in the canonical (lower-case, hyphenated) UUID form."""
+    try:
+        canonical = str(uuid.UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        canonical = None
+    if canonical is None or canonical != value:
+        raise InvalidInput("key IDs must be canonical UUIDs")
+    return value
+
+
+def _check_kue_keys(keys: object) -> list[KueKey]:
+    if not isinstance(keys, Sequence) or not 0 < len(keys) <= MAX_KUE_KEYS_PER_CALL:
+        raise InvalidInput(f"give 1 to {MAX_KUE_KEYS_PER_CALL} KUE keys")
+    seen: set[str] = set()
+    for key in keys:
+        if not isinstance(key, KueKey):
+            raise InvalidInput("KUE keys must be KueKey values")
+        _check_key_id(key.key_id)
+        if not isinstance(key.key, bytes) or not 0 < len(key.key) <= MAX_KUE_KEY_BYTES:
+            raise InvalidInput(f"a KUE key is 1 to {MAX_KUE_KEY_BYTES} bytes")
+        if key.key_id in seen:
+            raise InvalidInput("a key ID appears twice")
+        seen.add(key.key_id)
+    return list(keys)
+
+
+def _check_key_ids(key_ids: object) -> list[str]:
+    if not isinstance(key_ids, Sequence) or isinstance(key_ids, str):
+        raise InvalidInput("key IDs must be a sequence")
+    if not 0 < len(key_ids) <= MAX_KUE_KEYS_PER_CALL:
+        raise InvalidInput(f"give 1 to {MAX_KUE_KEYS_PER_CALL} key IDs")
+    ids = [_check_key_id(k) for k in key_ids]
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("a key ID appears twice")
+    return ids
+
+
+def _check_exchange_id(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isalnum():
+        raise InvalidInput("exchange_id must be 1 to 64 letters and digits")
+    return value
+
+
+def _check_stamp(name: str, value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"{name} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
 
 
 def _check_claim_state(state: ClaimState | str) -> ClaimState:
@@ -742,6 +939,30 @@ def _event(row: EventRow) -> Event:
     return Event(row.seq, row.at, row.kind, row.user_id, dict(row.detail))
 
 
+def _pq_exchange(row: PqExchangeRow) -> PqExchange:
+    return PqExchange(row.user_id, row.exchange_id, row.init, row.created_at)
+
+
+def _listed(
+    rows: Sequence[tuple[str, str, str, bool, str | None]], shares: Sequence[tuple[str, str, str]]
+) -> list[ListedRecord]:
+    """Assemble the listing from (his, p_id, type, fetched, dispense) rows and delivered shares."""
+    shared: dict[tuple[str, str], set[str]] = {}
+    for his_id, p_id, b_id in shares:
+        shared.setdefault((his_id, p_id), set()).add(b_id)
+    return [
+        ListedRecord(
+            his_id,
+            p_id,
+            record_type,
+            fetched,
+            None if dispense is None else DispenseState(dispense),
+            tuple(sorted(shared.get((his_id, p_id), ()))),
+        )
+        for his_id, p_id, record_type, fetched, dispense in sorted(rows, key=lambda r: r[:2])
+    ]
+
+
 def _patient(row: PatientRow) -> Patient:
     return Patient(row.patient_id, row.display_name, row.birth_date, row.enrolled_at)
 
@@ -770,6 +991,50 @@ def _received(row: ReceivedRow) -> Received:
 
 def _claim(row: ClaimRow) -> Claim:
     return Claim(row.his_id, row.p_id, ClaimState(row.state), row.updated_at)
+
+
+# Hot paths run prebuilt Core statements on the tables: on every request, building a
+# statement (and the ORM's bulk machinery) costs more than SQLite takes to run it.
+_EVENTS = cast(Table, EventRow.__table__)
+_KUE = cast(Table, KueKeyRow.__table__)
+_RECORDS = cast(Table, PlatformRecordRow.__table__)
+_BINDINGS = cast(Table, BindingRow.__table__)
+_DISPENSE = cast(Table, DispenseRow.__table__)
+_SHARES = cast(Table, ShareRow.__table__)
+_INSERT_EVENT: Final = insert(_EVENTS).returning(_EVENTS.c.seq)
+_TAKE_ONE_KUE: Final = (
+    delete(_KUE)
+    .where(
+        _KUE.c.key_id == bindparam("key_id"),
+        _KUE.c.user_id == bindparam("user_id"),
+        _KUE.c.direction == bindparam("direction"),
+    )
+    .returning(_KUE.c.key)
+)
+_LISTING_RECORDS: Final = (
+    select(
+        _RECORDS.c.his_id,
+        _RECORDS.c.p_id,
+        _RECORDS.c.record_type,
+        _RECORDS.c.sealed.is_not(None),
+        _DISPENSE.c.state,
+    )
+    .join(
+        _BINDINGS,
+        and_(
+            _BINDINGS.c.his_id == _RECORDS.c.his_id,
+            _BINDINGS.c.patient_id == _RECORDS.c.patient_id,
+        ),
+    )
+    .outerjoin(
+        _DISPENSE,
+        and_(_DISPENSE.c.his_id == _RECORDS.c.his_id, _DISPENSE.c.p_id == _RECORDS.c.p_id),
+    )
+    .where(_BINDINGS.c.user_id == bindparam("user_id"))
+)
+_LISTING_SHARES: Final = select(_SHARES.c.his_id, _SHARES.c.p_id, _SHARES.c.b_id).where(
+    _SHARES.c.user_id == bindparam("user_id"), _SHARES.c.delivered.is_(True)
+)
 
 
 class _SqlRepo:
@@ -1092,10 +1357,10 @@ class PlatformRepo(_SqlRepo):
         _check_text("kind", kind, 64)
         if user_id is not None:
             _check_id("user_id", user_id)
-        row = EventRow(at=self._now(), kind=kind, user_id=user_id, detail=_check_detail(detail))
-        self._session.add(row)
-        self._session.flush()
-        return _event(row)
+        at, checked = self._now(), _check_detail(detail)
+        values = {"at": at, "kind": kind, "user_id": user_id, "detail": checked}
+        seq = self._session.execute(_INSERT_EVENT, values).scalar_one()
+        return Event(seq, at, kind, user_id, dict(checked))
 
     def events(
         self, *, user_id: str | None = None, after: int = 0, limit: int = 100
@@ -1106,6 +1371,188 @@ class PlatformRepo(_SqlRepo):
             stmt = stmt.where(EventRow.user_id == user_id)
         rows = self._session.scalars(stmt.order_by(EventRow.seq).limit(limit))
         return [_event(r) for r in rows]
+
+    # listing and counts
+
+    def listing(self, user_id: str) -> list[ListedRecord]:
+        _check_id("user_id", user_id)
+        rows = self._session.execute(_LISTING_RECORDS, {"user_id": user_id}).all()
+        shares = self._session.execute(_LISTING_SHARES, {"user_id": user_id}).all()
+        return _listed(
+            [(h, p, t, bool(f), d) for h, p, t, f, d in rows], [(h, p, b) for h, p, b in shares]
+        )
+
+    def counts(self) -> dict[str, int]:
+        def count(model: type[Any], *where: ColumnElement[bool]) -> int:
+            stmt = select(func.count()).select_from(model).where(*where)
+            return self._session.scalar(stmt) or 0
+
+        out = {
+            "accounts": count(AccountRow),
+            "bindings": count(BindingRow),
+            "records": count(PlatformRecordRow),
+            "records_fetched": count(PlatformRecordRow, PlatformRecordRow.sealed.is_not(None)),
+            "third_parties": count(ThirdPartyRow),
+            "shares": count(ShareRow),
+            "shares_delivered": count(ShareRow, ShareRow.delivered.is_(True)),
+        }
+        for state in DispenseState:
+            out[f"dispense_{state.value}"] = count(DispenseRow, DispenseRow.state == state.value)
+        for direction in KueDirection:
+            out[f"kue_keys_{direction.value}"] = count(
+                KueKeyRow, KueKeyRow.direction == direction.value
+            )
+        out["pq_exchanges"] = count(PqExchangeRow)
+        out["events"] = count(EventRow)
+        return out
+
+    # the wallet hop (KUE)
+
+    def add_kue_keys(
+        self, user_id: str, direction: KueDirection | str, keys: Sequence[KueKey]
+    ) -> int:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        checked = _check_kue_keys(keys)
+        self._get(AccountRow, user_id, "account")
+        ids = [k.key_id for k in checked]
+        taken = self._session.scalars(
+            select(KueKeyRow.key_id).where(KueKeyRow.key_id.in_(ids))
+        ).first()
+        if taken is not None:
+            raise Conflict("a KUE key ID is already stored")
+        now = self._now()
+        with _guarded(self._session, "a KUE key ID was stored concurrently"):
+            self._session.add_all(
+                KueKeyRow(
+                    key_id=k.key_id, user_id=user_id, direction=way.value, key=k.key, created_at=now
+                )
+                for k in checked
+            )
+        return len(checked)
+
+    def _delete_kue(self, ids: Sequence[str]) -> None:
+        # Conditional on the rows still being there: of two concurrent takers one loses
+        # (and its savepoint leaves nothing behind).
+        with self._session.begin_nested():
+            result = self._session.execute(
+                delete(KueKeyRow)
+                .where(KueKeyRow.key_id.in_(ids))
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(result) != len(ids):
+                raise Conflict("KUE keys taken concurrently")
+
+    def take_kue_keys(
+        self, user_id: str, direction: KueDirection | str, number: int
+    ) -> list[KueKey]:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        _check_int("number", number, 1)
+        rows = self._session.execute(
+            select(KueKeyRow.key_id, KueKeyRow.key)
+            .where(KueKeyRow.user_id == user_id, KueKeyRow.direction == way.value)
+            .order_by(KueKeyRow.created_at, KueKeyRow.key_id)
+            .limit(number)
+            # PostgreSQL: concurrent takers skip each other's rows instead of colliding.
+            .with_for_update(skip_locked=True)
+        ).all()
+        if len(rows) < number:
+            raise NotFound("not enough KUE keys left")
+        self._delete_kue([key_id for key_id, _ in rows])
+        return [KueKey(key_id, key) for key_id, key in rows]
+
+    def take_kue_keys_by_id(
+        self, user_id: str, direction: KueDirection | str, key_ids: Sequence[str]
+    ) -> list[KueKey]:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        ids = _check_key_ids(key_ids)
+        if len(ids) == 1:
+            # The hop's case (one key per message): one conditional DELETE, atomic by itself.
+            params = {"key_id": ids[0], "user_id": user_id, "direction": way.value}
+            key = self._session.execute(_TAKE_ONE_KUE, params).scalar_one_or_none()
+            if key is None:
+                raise NotFound("unknown or already used KUE key ID")
+            return [KueKey(ids[0], key)]
+        rows = self._session.execute(
+            select(KueKeyRow.key_id, KueKeyRow.key)
+            .where(
+                KueKeyRow.key_id.in_(ids),
+                KueKeyRow.user_id == user_id,
+                KueKeyRow.direction == way.value,
+            )
+            .with_for_update()
+        ).all()
+        if len(rows) != len(ids):
+            raise NotFound("unknown or already used KUE key ID")
+        self._delete_kue(ids)
+        found: dict[str, bytes] = {key_id: key for key_id, key in rows}  # noqa: C416 - Row pairs
+        return [KueKey(key_id, found[key_id]) for key_id in ids]
+
+    def kue_key_count(self, user_id: str, direction: KueDirection | str) -> int:
+        _check_id("user_id", user_id)
+        way = _check_kue_direction(direction)
+        stmt = (
+            select(func.count())
+            .select_from(KueKeyRow)
+            .where(KueKeyRow.user_id == user_id, KueKeyRow.direction == way.value)
+        )
+        return self._session.scalar(stmt) or 0
+
+    def add_pq_exchange(self, user_id: str, exchange_id: str, init: bytes) -> PqExchange:
+        _check_id("user_id", user_id)
+        _check_exchange_id(exchange_id)
+        _check_bytes("init", init)
+        self._get(AccountRow, user_id, "account")
+        old = self._session.get(PqExchangeRow, (user_id, exchange_id), populate_existing=True)
+        if old is not None:
+            if old.init != init:
+                raise Conflict("exchange known with another init message")
+            return _pq_exchange(old)
+        row = PqExchangeRow(
+            user_id=user_id, exchange_id=exchange_id, init=init, created_at=self._now()
+        )
+        with _guarded(self._session, "exchange stored concurrently"):
+            self._session.add(row)
+        return _pq_exchange(row)
+
+    def get_pq_exchange(self, user_id: str, exchange_id: str) -> PqExchange:
+        _check_id("user_id", user_id)
+        _check_exchange_id(exchange_id)
+        return _pq_exchange(self._get(PqExchangeRow, (user_id, exchange_id), "PQ exchange"))
+
+    def guard_replay(self, sender: str, jti: str, expires_at: datetime) -> bool:
+        _check_id("sender", sender)
+        _check_text("jti", jti, 256)
+        until = _check_stamp("expires_at", expires_at)
+        now = self._now()
+        insert = _dialect_insert(self._session)
+        # RETURNING, not rowcount: an ORM-executed INSERT reports no rowcount on psycopg.
+        fresh = self._session.execute(
+            insert(ReplayRow)
+            .values(sender=sender, jti=jti, expires_at=until)
+            .on_conflict_do_nothing(index_elements=["sender", "jti"])
+            .returning(ReplayRow.jti)
+        ).first()
+        if fresh is not None:
+            return True
+        # Known: accepted again only if the earlier entry has expired.
+        renewed = self._session.execute(
+            update(ReplayRow)
+            .where(ReplayRow.sender == sender, ReplayRow.jti == jti, ReplayRow.expires_at <= now)
+            .values(expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(renewed) == 1
+
+    def purge_replay(self) -> int:
+        result = self._session.execute(
+            delete(ReplayRow)
+            .where(ReplayRow.expires_at <= self._now())
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(result)
 
 
 # ─────────────────────────────────────────────────────────────── hospital
@@ -1144,6 +1591,9 @@ class HospitalRepo(_SqlRepo):
     def get_patient(self, patient_id: str) -> Patient:
         _check_id("patient_id", patient_id)
         return _patient(self._get(PatientRow, patient_id, "patient"))
+
+    def list_patients(self) -> list[Patient]:
+        return [_patient(r) for r in self._all(PatientRow, order=[PatientRow.patient_id])]
 
     def _lock_patient(self, patient_id: str) -> None:
         """Serialize key operations per patient (row lock on PostgreSQL)."""
@@ -1320,6 +1770,32 @@ class ThirdPartyRepo(_SqlRepo):
         _check_int("version", version, 1)
         return _kub(self._get(KubKeyRow, (user_id, version), "KUB version"))
 
+    def reset_kub(self, user_id: str, version: int, wrapped_key: bytes) -> KeyVersion:
+        _check_id("user_id", user_id)
+        _check_int("version", version, 1)
+        _check_bytes("wrapped_key", wrapped_key)
+        row = KubKeyRow(
+            user_id=user_id,
+            version=version,
+            wrapped_key=wrapped_key,
+            state=KeyState.CURRENT.value,
+            created_at=self._now(),
+        )
+        with _guarded(self._session, "KUB replaced concurrently"):
+            self._session.execute(
+                delete(KubKeyRow)
+                .where(KubKeyRow.user_id == user_id, KubKeyRow.version >= version)
+                .execution_options(synchronize_session=False)
+            )
+            self._session.execute(
+                update(KubKeyRow)
+                .where(KubKeyRow.user_id == user_id, KubKeyRow.state == KeyState.CURRENT.value)
+                .values(state=KeyState.RETIRED.value)
+                .execution_options(synchronize_session=False)
+            )
+            self._session.add(row)
+        return _kub(row)
+
     def store_received(self, his_id: str, p_id: str, user_id: str, sealed: bytes) -> Received:
         _check_id("his_id", his_id)
         _check_id("p_id", p_id)
@@ -1350,6 +1826,10 @@ class ThirdPartyRepo(_SqlRepo):
             ReceivedRow.user_id == user_id,
             order=[ReceivedRow.his_id, ReceivedRow.p_id],
         )
+        return [_received(r) for r in rows]
+
+    def list_received(self) -> list[Received]:
+        rows = self._all(ReceivedRow, order=[ReceivedRow.his_id, ReceivedRow.p_id])
         return [_received(r) for r in rows]
 
     def set_claim(self, his_id: str, p_id: str, state: ClaimState | str) -> Claim:

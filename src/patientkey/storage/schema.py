@@ -8,7 +8,10 @@ a ``records`` table, so those two classes carry the party in their name.
 * **platform** — accounts, bindings ``(User_ID, HIS_ID) → Patient_ID``, ciphertext
   records ("blind storage": ``sealed`` is whatever the HIS sealed for the patient),
   third parties, shares, the dispense claim of a prescription, rate-limit buckets and
-  the event log (metadata only, never health data);
+  the event log (metadata only, never health data); for the wallet hop (KUE) the
+  platform's half of each wallet's pre-charged key pool, the public init messages of
+  post-quantum exchanges and a replay guard shared by worker processes
+  (``platform_0002``);
 * **hospital** — patients, KUH versions (wrapped by the hospital's own storage key;
   this layer stores bytes and never sees a KUH), FHIR records (bytes, possibly
   encrypted at rest by the caller);
@@ -65,13 +68,17 @@ __all__ = [
     "HospitalRecordRow",
     "KeyState",
     "KubKeyRow",
+    "KueDirection",
+    "KueKeyRow",
     "KuhKeyRow",
     "Party",
     "PatientRow",
     "PlatformBase",
     "PlatformRecordRow",
+    "PqExchangeRow",
     "RateLimitRow",
     "ReceivedRow",
+    "ReplayRow",
     "ShareKind",
     "ShareRow",
     "ThirdPartyBase",
@@ -177,6 +184,13 @@ class DispenseState(enum.StrEnum):
     OPEN = "open"
     CLAIMED = "claimed"
     COMPLETED = "completed"
+
+
+class KueDirection(enum.StrEnum):
+    """Which way a wallet-hop (KUE) pool key carries messages."""
+
+    TO_WALLET = "to_wallet"
+    FROM_WALLET = "from_wallet"
 
 
 class ClaimState(enum.StrEnum):
@@ -306,6 +320,52 @@ class EventRow(PlatformBase):
     kind: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str | None] = _id(nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON())
+
+
+class KueKeyRow(PlatformBase):
+    """The platform's half of a wallet's pre-charged KUE pool: one hop key each.
+
+    Hop-key material for the wallet-platform link (never KUH, KUB or a DEK). A key is
+    used once: taking it deletes the row in the same transaction.
+    """
+
+    __tablename__ = "kue_keys"
+    __table_args__ = (
+        CheckConstraint(_in("direction", KueDirection), name="direction"),
+        Index(None, "user_id", "direction"),
+    )
+
+    key_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = _id(ForeignKey("accounts.user_id"))
+    direction: Mapped[str] = mapped_column(String(16))
+    key: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = _stamp()
+
+
+class PqExchangeRow(PlatformBase):
+    """A wallet's post-quantum key exchange: its *public* init message, nothing secret.
+
+    Any platform process holding the responder key re-derives the shared secrets from
+    it, so every worker can open the wallet's envelopes.
+    """
+
+    __tablename__ = "pq_exchanges"
+
+    user_id: Mapped[str] = _id(ForeignKey("accounts.user_id"), primary_key=True)
+    exchange_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    init: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = _stamp()
+
+
+class ReplayRow(PlatformBase):
+    """An accepted envelope ``(sender, jti)`` until it expires (replay guard across workers)."""
+
+    __tablename__ = "replay_guard"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    sender: Mapped[str] = _id(primary_key=True)
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    expires_at: Mapped[datetime] = _stamp()
 
 
 # ─────────────────────────────────────────────────────────────── hospital

@@ -28,7 +28,14 @@ from patientkey.protocol.messages import Message
 from patientkey.service.client import PeerClient, error_from_response
 from patientkey.wallet.core import WalletCore, wallet_hop
 from patientkey.wallet.settings import WalletSettings
-from patientkey.wallet.store import FileRecordCache, WalletKeystore
+from patientkey.wallet.store import (
+    FileRecordCache,
+    MemoryRecordCache,
+    MemoryStateStore,
+    RecordCache,
+    StateStore,
+    WalletKeystore,
+)
 from patientkey.wallet.trust import ThirdPartyTrust
 
 __all__ = ["PQ_EXCHANGE", "PQ_PUBLIC", "PlatformClient", "open_wallet"]
@@ -134,12 +141,22 @@ class PlatformClient:
 
 @contextmanager
 def open_wallet(
-    settings: WalletSettings, passphrase: str, *, http: httpx.Client | None = None
+    settings: WalletSettings,
+    passphrase: str,
+    *,
+    http: httpx.Client | None = None,
+    persist: bool = True,
 ) -> Iterator[WalletCore]:
     """The wallet of ``settings``: keystore opened, hop and platform client ready.
 
     ``http`` replaces the mutual-TLS HTTPS client (tests talk to an in-process
     platform through it). No connection is made until an operation needs one.
+
+    ``persist=False`` is for load generation only (``patientkey bench rx``): the
+    keystore is read once and then nothing is written — neither the keystore
+    (which a real wallet rewrites and fsyncs before every message, a client-side
+    cost) nor the record cache (kept in memory). Keys drawn from the pool in such a
+    session are used but not marked used on disk: never use it for a real wallet.
     """
     keystore = WalletKeystore(settings.keystore, passphrase, params=settings.keystore_kdf.params())
     state = keystore.load()
@@ -147,9 +164,13 @@ def open_wallet(
         raise InvalidInput(
             f"the keystore belongs to {state.user_id}, the settings to {settings.name}"
         )
+    store: StateStore = keystore
+    records: RecordCache = FileRecordCache(settings.data_dir)
+    if not persist:
+        store, records = MemoryStateStore(), MemoryRecordCache()
     hop = wallet_hop(
         state,
-        keystore,
+        store,
         platform=settings.platform,
         policy=settings.kue_policy,
         rekey=settings.rekey,
@@ -165,8 +186,8 @@ def open_wallet(
     try:
         yield WalletCore(
             state=state,
-            store=keystore,
-            records=FileRecordCache(settings.data_dir),
+            store=store,
+            records=records,
             hop=hop,
             platform=client,
             pq=client,

@@ -39,6 +39,8 @@ from patientkey.protocol.states import Rotation
 __all__ = [
     "FileRecordCache",
     "HospitalKeys",
+    "MemoryRecordCache",
+    "MemoryStateStore",
     "PendingKub",
     "PendingRotation",
     "RecordCache",
@@ -234,6 +236,22 @@ class WalletKeystore:
             self._open.save(secrets)
 
 
+class MemoryStateStore:
+    """A :class:`StateStore` that persists nothing: the state lives in memory only.
+
+    For load generation (``patientkey bench rx``), never for a patient's wallet: the
+    real wallet writes its whole keystore, fsync'ed, before every message (a drawn
+    pool key, a next KUB), and a crash would lose or reuse keys here. ``saves``
+    counts the writes that were skipped.
+    """
+
+    def __init__(self) -> None:
+        self.saves = 0
+
+    def save(self, state: WalletState) -> None:
+        self.saves += 1
+
+
 class RecordCache(Protocol):
     """The wallet's local copies of sealed records (ciphertext), by (HIS_ID, P_ID)."""
 
@@ -250,6 +268,22 @@ def _ident(value: str, what: str) -> str:
     if not isinstance(value, str) or not _IDENT.fullmatch(value):
         raise InvalidInput(f"malformed {what}")
     return value
+
+
+class MemoryRecordCache:
+    """:class:`RecordCache` in a dict (load generation; see :class:`MemoryStateStore`)."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, str], bytes] = {}
+
+    def get(self, his_id: str, p_id: str) -> bytes | None:
+        return self._records.get((his_id, p_id))
+
+    def put(self, his_id: str, p_id: str, sealed: bytes) -> None:
+        self._records[(_ident(his_id, "HIS_ID"), _ident(p_id, "P_ID"))] = sealed
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        yield from sorted(self._records)
 
 
 class FileRecordCache:

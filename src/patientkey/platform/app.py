@@ -1,0 +1,187 @@
+"""FastAPI adapter of the platform: envelope routes over :class:`PlatformCore`.
+
+Every operation route is ``POST`` with one hop envelope in and one out
+(:func:`~patientkey.service.http.envelope_route`: the envelope's sender must be
+the client certificate's CN, the handler runs in a worker thread). Outside the
+envelopes, and never carrying private data:
+
+* ``GET /v1/ping`` — liveness, no database, no crypto (the benchmark's bare rate);
+* ``GET /v1/pq/public`` and ``POST /v1/pq/exchange`` — the wallets' post-quantum
+  fallback, plain JSON over mutual TLS (``docs/protocol.md``).
+
+Errors are RFC 9457 problem+json; bodies above ``max_body_bytes`` get 413 first.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Annotated, Any, Final, TypeVar
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from patientkey import __version__
+from patientkey.errors import Forbidden
+from patientkey.keysupply.pq import PQ_INIT_LEN
+from patientkey.platform.core import PlatformCore
+from patientkey.platform.kue import PqExchanges
+from patientkey.protocol.channel import HopEnd, Incoming
+from patientkey.protocol.messages import (
+    B64Bytes,
+    BindReply,
+    BindRequest,
+    DispenseRequest,
+    DispenseState,
+    FetchRequest,
+    ListRequest,
+    Message,
+    RecordList,
+    RecordReply,
+    RecordsAnnounce,
+    RotateAck,
+    RotateCommit,
+    RotatePrepare,
+    ShareDelivery,
+    ShareOffer,
+    ShareReceipt,
+    ShareRequest,
+)
+from patientkey.service.http import (
+    PROBLEM_JSON,
+    BodyLimit,
+    envelope_route,
+    install_problem_handlers,
+)
+from patientkey.service.tls import caller_name
+
+__all__ = ["PqExchangeReply", "PqInit", "PqPublic", "create_app"]
+
+M = TypeVar("M", bound=Message)
+
+DESCRIPTION: Final = """\
+The e-prescription platform (EPP): the hub between wallets, hospitals (HIS gateways)
+and third parties. It binds accounts to hospital patients, stores and relays sealed
+records, relays shares and tracks dispensing — and never sees a prescription: every
+record is ciphertext for the patient (and the third parties the patient chose).
+
+Callers authenticate with TLS client certificates (CN = party name; a wallet's CN is
+its User_ID). Operation bodies are hop envelopes (JWE compact, `application/jose`);
+see `docs/protocol.md`."""
+
+_PING: Final = b'{"status":"ok"}'
+
+
+class PqPublic(BaseModel):
+    """``GET /v1/pq/public``: ML-KEM-768 encapsulation key ‖ X25519 public key."""
+
+    public: str = Field(description="base64url, 1216 bytes")
+
+
+class PqInit(BaseModel):
+    """``POST /v1/pq/exchange`` body: the wallet's ML-KEM ciphertext ‖ X25519 key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    init: B64Bytes = Field(min_length=PQ_INIT_LEN, max_length=PQ_INIT_LEN)
+
+
+class PqExchangeReply(BaseModel):
+    """The exchange ID the wallet's key IDs name (``p.<exchange_id>|n.<counter>``)."""
+
+    exchange_id: str
+
+
+Caller = Annotated[str, Depends(caller_name)]
+
+
+def create_app(
+    core: PlatformCore,
+    hop: HopEnd,
+    *,
+    pq: PqExchanges | None = None,
+    max_body_bytes: int = 8 * 1024 * 1024,
+) -> FastAPI:
+    """The platform's ASGI application."""
+    app = FastAPI(
+        title="PatientKey platform (EPP)",
+        version=__version__,
+        description=DESCRIPTION,
+    )
+    install_problem_handlers(app)
+
+    def route(
+        path: str,
+        expected: type[M],
+        reply: type[Message],
+        method: Callable[[str, M], Message],
+        summary: str,
+    ) -> None:
+        def handler(incoming: Incoming[M]) -> Message:
+            return method(incoming.sender, incoming.message)
+
+        envelope_route(
+            app, path, hop=hop, expected=expected, handler=handler, reply=reply, summary=summary
+        )
+
+    route("/v1/bind", BindRequest, BindReply, core.bind, "Bind the account to a HIS patient")
+    route(
+        "/v1/rotate/prepare", RotatePrepare, RotateAck, core.rotate_prepare, "Rotate KUH: prepare"
+    )
+    route("/v1/rotate/commit", RotateCommit, RotateAck, core.rotate_commit, "Rotate KUH: commit")
+    route(
+        "/v1/records/announce",
+        RecordsAnnounce,
+        RecordList,
+        core.announce,
+        "A hospital announces records (metadata only)",
+    )
+    route("/v1/records/list", ListRequest, RecordList, core.list_records, "List my records")
+    route("/v1/records/fetch", FetchRequest, RecordReply, core.fetch, "Fetch a sealed record")
+    route("/v1/share/offer", ShareRequest, ShareOffer, core.share_offer, "Start a share")
+    route(
+        "/v1/share/deliver",
+        ShareDelivery,
+        ShareReceipt,
+        core.share_deliver,
+        "Deliver a re-sealed record to a third party",
+    )
+    route("/v1/dispense", DispenseRequest, DispenseState, core.dispense, "Claim/complete/release")
+
+    @app.get("/v1/ping", summary="Liveness (no database, no crypto)")
+    async def ping() -> Response:
+        return Response(_PING, media_type="application/json")
+
+    if pq is not None:
+        _pq_routes(app, core, pq)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    return app
+
+
+def _pq_routes(app: FastAPI, core: PlatformCore, pq: PqExchanges) -> None:
+    public = PqPublic(public=base64.urlsafe_b64encode(pq.public).rstrip(b"=").decode("ascii"))
+    problems: dict[int | str, dict[str, Any]] = {
+        code: {"content": {PROBLEM_JSON: {}}, "description": text}
+        for code, text in (
+            (400, "malformed init message"),
+            (401, "no client certificate"),
+            (403, "not a wallet"),
+            (404, "unknown account"),
+        )
+    }
+
+    @app.get("/v1/pq/public", summary="The platform's ML-KEM-768 + X25519 public key")
+    async def pq_public() -> PqPublic:
+        return public
+
+    @app.post(
+        "/v1/pq/exchange",
+        summary="Answer a wallet's post-quantum key exchange",
+        responses=problems,
+    )
+    async def pq_exchange(body: PqInit, caller: Caller) -> JSONResponse:
+        if not core.is_wallet(caller):
+            raise Forbidden("the post-quantum fallback is for wallets")
+        exchange_id = await run_in_threadpool(pq.exchange, caller, body.init)
+        return JSONResponse(PqExchangeReply(exchange_id=exchange_id).model_dump())

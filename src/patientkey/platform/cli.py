@@ -1,0 +1,217 @@
+"""``patientkey platform ...``: the platform operator's commands (typer).
+
+* ``charge-wallet`` — charge a wallet's KUE pool from the platform's QKD supply and
+  write the wallet half (key material, mode 0600); creates the account;
+* ``register-thirdparty`` — register a third party from its export JSON;
+* ``events`` — the event log (metadata only), optionally of one account;
+* ``stats`` — row counts.
+
+Every command reads the platform's TOML file and migrates its database first, so
+they work before the server ever ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from patientkey.errors import ConfigError, PatientKeyError
+from patientkey.platform.settings import PlatformSettings, load_platform_settings
+from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
+
+__all__ = ["app"]
+
+app = typer.Typer(help="The platform (EPP): wallets, third parties, audit.", no_args_is_help=True)
+console = Console()
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", exists=True, dir_okay=False, help="The platform's TOML file."),
+]
+
+
+def _open(config: Path) -> tuple[PlatformSettings, Database]:
+    settings = load_platform_settings(config)
+    db = open_database(settings.database, Party.PLATFORM)
+    db.upgrade()
+    return settings, db
+
+
+def _fail(exc: PatientKeyError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc.detail}")
+    return typer.Exit(2)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the start (key material)."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@app.command("charge-wallet")
+def charge_wallet_command(
+    config: ConfigOption,
+    user: Annotated[str, typer.Option("--user", help="The wallet's User_ID (certificate CN).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the wallet half (0600).")],
+    count: Annotated[
+        int, typer.Option("--count", min=1, max=1_000_000, help="Keys per direction.")
+    ] = 1024,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --out file.")
+    ] = False,
+) -> None:
+    """Charge a wallet's KUE pool ("quantum key SIM") from the platform's QKD supply.
+
+    The platform (master SAE) draws 2 x COUNT keys shared with the charging terminal
+    (``charger_sae``, a slave SAE at another KME site), which fetches its copies by
+    key ID: those become the wallet half, written as ``KeyPool.to_dict()`` JSON for
+    ``patientkey wallet charge``; the platform keeps its own copies.
+    """
+    from patientkey.keysupply.etsi014 import Etsi014Client
+    from patientkey.platform.kue import charge_wallet
+
+    if out.exists() and not force:
+        console.print(f"[red]error:[/red] {out} exists (use --force to replace it)")
+        raise typer.Exit(2)
+    if not out.parent.is_dir():
+        console.print(f"[red]error:[/red] {out.parent} is not a directory")
+        raise typer.Exit(2)
+    try:
+        settings, db = _open(config)
+        if settings.kme_url is None:
+            raise ConfigError("charging needs kme_url: the platform's QKD supply")
+        charger_files = (settings.pki_dir / f"{settings.charger_sae}.pem",)
+        if not all(p.is_file() for p in charger_files):
+            raise ConfigError(
+                f"no certificate for the charging terminal {settings.charger_sae!r} in "
+                f"{settings.pki_dir} (patientkey pki init --names {settings.charger_sae})"
+            )
+        platform_supply = Etsi014Client.from_pki(settings.kme_url, settings.pki_dir, settings.name)
+        charger_supply = Etsi014Client.from_pki(
+            settings.charger_kme_url or settings.kme_url, settings.pki_dir, settings.charger_sae
+        )
+        with (
+            db,
+            platform_supply,
+            charger_supply,
+            Progress(
+                TextColumn("drawing keys"), BarColumn(), MofNCompleteColumn(), console=console
+            ) as progress,
+        ):
+            task = progress.add_task("charge", total=2 * count)
+            result = charge_wallet(
+                SqlStore(db, PlatformRepo),
+                platform_supply,
+                user_id=user,
+                count=count,
+                me=settings.name,
+                charger=settings.charger_sae,
+                charger_supply=charger_supply,
+                progress=lambda done: progress.update(task, completed=done),
+            )
+        _write_private(out, json.dumps(result.wallet_pool).encode("utf-8"))
+    except PatientKeyError as exc:
+        raise _fail(exc) from exc
+    verb = "created and charged" if result.account_created else "charged"
+    console.print(
+        f"[green]{user}[/green] {verb}: {count} keys per direction; wallet half in {out} "
+        "(key material: load it with `patientkey wallet charge`, which deletes it)"
+    )
+
+
+@app.command("register-thirdparty")
+def register_thirdparty_command(
+    config: ConfigOption,
+    export: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="`patientkey thirdparty export` JSON."),
+    ],
+) -> None:
+    """Register a third party (pharmacy, regulator, app) from its export file."""
+    from patientkey.platform.core import PlatformCore
+    from patientkey.platform.settings import ca_certificate
+
+    try:
+        data = json.loads(export.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot read {export}: {exc}")
+        raise typer.Exit(2) from exc
+    if not isinstance(data, dict):
+        console.print("[red]error:[/red] the export must be a JSON object")
+        raise typer.Exit(2)
+    try:
+        settings, db = _open(config)
+        with db:
+            core = PlatformCore(
+                SqlStore(db, PlatformRepo),
+                hospitals={},
+                third_parties={},
+                ca_certificate=ca_certificate(settings),
+            )
+            third_party = core.register_third_party(data)
+    except PatientKeyError as exc:
+        raise _fail(exc) from exc
+    console.print(f"registered third party [green]{third_party.b_id}[/green]")
+    if third_party.b_id not in settings.third_parties:
+        console.print(
+            f"[yellow]note:[/yellow] add {third_party.b_id!r} to third_parties and "
+            f"[peers.{third_party.b_id}] in {config} so the platform can relay to it"
+        )
+
+
+@app.command("events")
+def events_command(
+    config: ConfigOption,
+    user: Annotated[str | None, typer.Option("--user", help="Only this account's events.")] = None,
+    after: Annotated[int, typer.Option("--after", min=0, help="Events after this seq.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 100,
+) -> None:
+    """Show the event log (identifiers and counts only, never health data)."""
+    try:
+        _, db = _open(config)
+        with db, db.transaction() as session:
+            events = PlatformRepo(session).events(user_id=user, after=after, limit=limit)
+    except PatientKeyError as exc:
+        raise _fail(exc) from exc
+    table = Table("seq", "at (UTC)", "kind", "user", "detail")
+    for event in events:
+        detail = " ".join(f"{k}={v}" for k, v in sorted(event.detail.items()))
+        table.add_row(
+            str(event.seq),
+            event.at.strftime("%Y-%m-%d %H:%M:%S"),
+            event.kind,
+            event.user_id or "",
+            detail,
+        )
+    console.print(table)
+
+
+@app.command("stats")
+def stats_command(config: ConfigOption) -> None:
+    """Row counts: accounts, bindings, records, shares, dispense states, KUE keys."""
+    try:
+        _, db = _open(config)
+        with db, db.transaction() as session:
+            counts = PlatformRepo(session).counts()
+    except PatientKeyError as exc:
+        raise _fail(exc) from exc
+    table = Table("what", "count")
+    for name, value in counts.items():
+        table.add_row(name, str(value))
+    console.print(table)
