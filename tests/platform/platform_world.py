@@ -33,6 +33,7 @@ from patientkey.crypto import (
     unwrap_dek,
     verify_bind_proof,
 )
+from patientkey.crypto.certkey import sign_hpke_public
 from patientkey.crypto.ratchet import (
     RotationContext,
     ShareContext,
@@ -239,6 +240,7 @@ class FakeThirdParty:
         self.name = name
         self.hop = hop
         self.keypair = HpkeKeyPair.generate()
+        self.pki = pki
         self.certificate_pem = (pki / f"{name}.pem").read_text(encoding="ascii")
         self.kubs: dict[str, dict[int, bytes]] = {}
         self.received: dict[tuple[str, str], bytes] = {}
@@ -246,10 +248,13 @@ class FakeThirdParty:
         self.app = _app(hop, {"/v1/share/receive": (ShareRelay, ShareReceipt, self.receive)})
 
     def export(self) -> dict[str, str]:
+        kbp = self.keypair.public_key.to_bytes()
+        key = (self.pki / f"{self.name}.key").read_bytes()
         return {
             "b_id": self.name,
-            "hpke_public": b64url(self.keypair.public_key.to_bytes()),
+            "hpke_public": b64url(kbp),
             "certificate_pem": self.certificate_pem,
+            "hpke_signature": b64url(sign_hpke_public(key, self.name, kbp)),
         }
 
     def receive(self, incoming: Incoming[ShareRelay]) -> ShareReceipt:

@@ -534,7 +534,7 @@ def test_dispense_only_by_third_parties_it_was_shared_with(world):
 
 
 def test_register_third_party_checks_its_export(world, tmp_path):
-    """Key length, certificate CN = b_id and issuer = our CA are checked before storing."""
+    """Key length, CN = b_id, issuer = our CA and the certificate key's KBP signature: checked."""
     from patientkey.pki import init_pki
 
     export = world.pharmacies["pharmacy-1"].export()
@@ -548,6 +548,12 @@ def test_register_third_party_checks_its_export(world, tmp_path):
         {**export, "certificate_pem": "-----BEGIN CERTIFICATE-----\nxx\n-----END CERTIFICATE-----"},
         {**export, "certificate_pem": (other_ca / "pharmacy-1.pem").read_text()},
         {**export, "display_name": 3},
+        {k: v for k, v in export.items() if k != "hpke_signature"},
+        {
+            **export,
+            "hpke_signature": world.pharmacies["pharmacy-1"].export()["hpke_signature"][:-8],
+        },
+        {**export, "hpke_public": world.pharmacies["pharmacy-2"].export()["hpke_public"]},
     ]
     for data in bad:
         with pytest.raises(InvalidInput):

@@ -188,6 +188,17 @@ def test_third_party_registration(platform):
         repo.register_third_party("pharm-3", "P3", b"k", "not a pem")
 
 
+def test_third_party_signature_is_kept(platform):
+    """The KBP signature is stored with the key; another signature is a Conflict."""
+    _seed(platform)
+    with platform.transaction() as repo:
+        tp = repo.register_third_party("pharm-9", "P9", b"kbp-9", PEM, b"sig-9")
+        assert repo.get_third_party("pharm-9").hpke_signature == b"sig-9" == tp.hpke_signature
+        assert repo.get_third_party("pharm-1").hpke_signature == b""
+    with pytest.raises(Conflict), platform.transaction() as repo:
+        repo.register_third_party("pharm-9", "P9", b"kbp-9", PEM, b"other")
+
+
 def test_shares_are_recorded_and_delivered(platform, clock):
     """add_share records an undelivered share; mark_delivered flips it, idempotently."""
     _seed(platform)

@@ -13,6 +13,7 @@ from thirdparty_helpers import HIS, USER, B, Wallet, hospital_record
 from typer.testing import CliRunner
 
 from patientkey.crypto import HpkePublicKey
+from patientkey.crypto.certkey import verify_hpke_public
 from patientkey.storage import Party, SqlStore, ThirdPartyRepo, open_database
 from patientkey.thirdparty import server
 from patientkey.thirdparty.cli import app
@@ -75,17 +76,21 @@ def test_init_creates_a_keystore_and_refuses_to_replace_it(initialised, tmp_path
 
 
 def test_export_writes_the_registry_entry(initialised, tmp_path, pki):
-    """export writes b_id, the 1216-byte HPKE public key (b64url) and the certificate PEM."""
+    """export writes b_id, KBP (b64url), the certificate and the certificate key's KBP signature."""
     out = tmp_path / "registry.json"
     result = runner.invoke(app, ["export", "--config", str(initialised), "--out", str(out)])
     assert result.exit_code == 0, result.output
     entry = json.loads(out.read_text(encoding="ascii"))
-    assert set(entry) == {"b_id", "hpke_public", "certificate_pem"}
+    assert set(entry) == {"b_id", "hpke_public", "certificate_pem", "hpke_signature"}
     assert entry["b_id"] == B
     assert "=" not in entry["hpke_public"]
     public = base64.urlsafe_b64decode(entry["hpke_public"] + "=" * (-len(entry["hpke_public"]) % 4))
     assert HpkePublicKey.from_bytes(public) == load_keys(tmp_path / "pharmacy.keys").hpke.public_key
     assert entry["certificate_pem"] == (pki / f"{B}.pem").read_text(encoding="ascii")
+    signature = base64.urlsafe_b64decode(
+        entry["hpke_signature"] + "=" * (-len(entry["hpke_signature"]) % 4)
+    )
+    verify_hpke_public(entry["certificate_pem"], B, public, signature)
 
 
 def test_commands_refuse_to_run_without_the_passphrase(initialised, monkeypatch, tmp_path):

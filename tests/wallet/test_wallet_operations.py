@@ -442,6 +442,19 @@ def test_share_refuses_a_certificate_from_another_ca(
     assert world.third_party.received == {}
 
 
+def test_share_refuses_a_key_the_third_party_did_not_sign(
+    world: World, synthetic_bodies: list[bytes]
+) -> None:
+    """A platform that swaps in its own HPKE key is caught: nothing is wrapped to that key."""
+    world.add_record("rx-1", synthetic_bodies[0])
+    wallet = world.ready()
+    world.platform.faults.add("swap-kbp")
+    with pytest.raises(CryptoError):
+        wallet.share(HIS, "rx-1", TP)
+    assert world.third_party.received == {}
+    assert TP not in world.on_disk().third_parties
+
+
 def test_share_lost_receipt_keeps_the_old_kub(world: World, synthetic_bodies: list[bytes]) -> None:
     """A receipt lost after the pharmacy accepted does not advance the KUB; the next share works."""
     world.add_record("rx-1", synthetic_bodies[0])

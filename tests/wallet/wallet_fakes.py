@@ -11,7 +11,7 @@ shares with its HPKE key or the KUB ratchet. Nothing skips a cryptographic step.
 
 ``FakePlatform.faults`` injects the failures the protocol must survive: a
 failed send, a lost ack, a lost commit, a forged bind reply, a swapped record,
-a wrong certificate, a third party that forgot its KUB.
+a wrong certificate, a swapped HPKE key, a third party that forgot its KUB.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from patientkey.crypto import (
     unwrap_dek,
     verify_bind_proof,
 )
+from patientkey.crypto.certkey import sign_hpke_public
 from patientkey.crypto.ratchet import (
     RotationContext,
     ShareContext,
@@ -258,6 +259,9 @@ class FakeThirdParty:
         self.b_id = b_id
         self.keypair = HpkeKeyPair.generate()
         self.certificate_pem = (pki_dir / f"{b_id}.pem").read_text(encoding="ascii")
+        kbp = self.keypair.public_key.to_bytes()
+        key = (pki_dir / f"{b_id}.key").read_bytes()
+        self.hpke_signature = sign_hpke_public(key, b_id, kbp)
         self.kubs: dict[str, dict[int, bytes]] = {}
         self.received: dict[tuple[str, str], bytes] = {}
 
@@ -508,13 +512,17 @@ class FakePlatform:
         certificate = self.third_party.certificate_pem
         if "wrong-cert" in self.faults:
             certificate = self.wrong_certificate
+        hpke_public = self.third_party.keypair.public_key.to_bytes()
+        if "swap-kbp" in self.faults:  # a dishonest platform hands out a key of its own
+            hpke_public = HpkeKeyPair.generate().public_key.to_bytes()
         return ShareOffer(
             his_id=msg.his_id,
             p_id=msg.p_id,
             b_id=msg.b_id,
             sealed=self._sealed(msg.his_id, msg.p_id, patient),
-            hpke_public=self.third_party.keypair.public_key.to_bytes(),
+            hpke_public=hpke_public,
             certificate_pem=certificate,
+            hpke_signature=self.third_party.hpke_signature,
         )
 
     def _deliver(self, sender: str, msg: ShareDelivery) -> Message:

@@ -48,8 +48,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from patientkey.crypto import ALG_A256KW, ALG_HPKE, HpkePublicKey, SealedRecord
+from patientkey.crypto.certkey import verify_hpke_public
 from patientkey.errors import (
     Conflict,
+    CryptoError,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -353,6 +355,8 @@ class PlatformCore:
         )
         assert record.sealed is not None
         third_party = found[0]
+        if not third_party.hpke_signature:
+            raise Conflict(f"{third_party.b_id} has no certified HPKE key: re-register it")
         return ShareOffer(
             his_id=record.his_id,
             p_id=record.p_id,
@@ -360,6 +364,7 @@ class PlatformCore:
             sealed=record.sealed,
             hpke_public=third_party.hpke_public,
             certificate_pem=third_party.certificate_pem,
+            hpke_signature=third_party.hpke_signature,
         )
 
     def share_deliver(self, caller: str, request: ShareDelivery) -> ShareReceipt:
@@ -459,7 +464,9 @@ class PlatformCore:
         """Register a third party from its ``patientkey thirdparty export`` JSON.
 
         Checks: the HPKE public key is a valid 1216-byte ML-KEM-768+X25519 key; the
-        certificate names ``b_id`` as its CN (and was issued by our CA, when known).
+        certificate names ``b_id`` as its CN (and was issued by our CA, when known); the
+        certificate's key signed the HPKE key (``crypto.certkey``), so wallets can check
+        that the platform hands out the third party's own key.
         """
         b_id = export.get("b_id")
         if not isinstance(b_id, str) or not valid_party_name(b_id):
@@ -480,11 +487,16 @@ class PlatformCore:
                 cert.verify_directly_issued_by(self._ca)
             except (InvalidSignature, ValueError, TypeError) as exc:
                 raise InvalidInput("the certificate was not issued by our CA") from exc
+        signature = _b64url(export.get("hpke_signature"), "hpke_signature")
+        try:
+            verify_hpke_public(pem, b_id, hpke_public, signature)
+        except CryptoError as exc:
+            raise InvalidInput("hpke_signature is not the certificate key's signature") from exc
         name = export.get("display_name", b_id)
         if not isinstance(name, str):
             raise InvalidInput("display_name must be text")
         with self._store.transaction() as repo:
-            third_party = repo.register_third_party(b_id, name, hpke_public, pem)
+            third_party = repo.register_third_party(b_id, name, hpke_public, pem, signature)
             repo.log_event("thirdparty.register", None, {"b_id": b_id})
         return third_party
 

@@ -241,6 +241,8 @@ class ShareOffer(Message):
     sealed: B64Bytes = Field(min_length=1)
     hpke_public: B64Bytes = Field(min_length=1216, max_length=1216)
     certificate_pem: str = Field(min_length=1, max_length=16_384)
+    # The third party's signature over hpke_public with its certificate key (crypto.certkey).
+    hpke_signature: B64Bytes = Field(min_length=1, max_length=512)
 
 
 class ShareDelivery(Message):

@@ -241,7 +241,12 @@ class MemoryPlatformRepo:
         return sorted(found, key=lambda r: r.p_id)
 
     def register_third_party(
-        self, b_id: str, display_name: str, hpke_public: bytes, certificate_pem: str
+        self,
+        b_id: str,
+        display_name: str,
+        hpke_public: bytes,
+        certificate_pem: str,
+        hpke_signature: bytes = b"",
     ) -> ThirdParty:
         _check_id("b_id", b_id)
         _check_text("display_name", display_name, 256)
@@ -249,14 +254,17 @@ class MemoryPlatformRepo:
         _check_pem(certificate_pem)
         old = self._s.third_parties.get(b_id)
         if old is not None:
-            if (old.display_name, old.hpke_public, old.certificate_pem) != (
+            if (old.display_name, old.hpke_public, old.certificate_pem, old.hpke_signature) != (
                 display_name,
                 hpke_public,
                 certificate_pem,
+                hpke_signature,
             ):
                 raise Conflict("third party registered with other data")
             return old
-        third_party = ThirdParty(b_id, display_name, hpke_public, certificate_pem, self._now())
+        third_party = ThirdParty(
+            b_id, display_name, hpke_public, certificate_pem, self._now(), hpke_signature
+        )
         self._s.third_parties[b_id] = third_party
         return third_party
 

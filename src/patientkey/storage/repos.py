@@ -198,6 +198,7 @@ class ThirdParty:
     hpke_public: bytes
     certificate_pem: str
     registered_at: datetime
+    hpke_signature: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +381,12 @@ class PlatformRepository(Protocol):
         ...
 
     def register_third_party(
-        self, b_id: str, display_name: str, hpke_public: bytes, certificate_pem: str
+        self,
+        b_id: str,
+        display_name: str,
+        hpke_public: bytes,
+        certificate_pem: str,
+        hpke_signature: bytes = b"",
     ) -> ThirdParty:
         """Register a third party (idempotent for identical data; ``Conflict`` otherwise)."""
         ...
@@ -906,7 +912,12 @@ def _platform_record(row: PlatformRecordRow) -> PlatformRecord:
 
 def _third_party(row: ThirdPartyRow) -> ThirdParty:
     return ThirdParty(
-        row.b_id, row.display_name, row.hpke_public, row.certificate_pem, row.registered_at
+        row.b_id,
+        row.display_name,
+        row.hpke_public,
+        row.certificate_pem,
+        row.registered_at,
+        row.hpke_signature or b"",
     )
 
 
@@ -1178,7 +1189,12 @@ class PlatformRepo(_SqlRepo):
     # third parties and shares
 
     def register_third_party(
-        self, b_id: str, display_name: str, hpke_public: bytes, certificate_pem: str
+        self,
+        b_id: str,
+        display_name: str,
+        hpke_public: bytes,
+        certificate_pem: str,
+        hpke_signature: bytes = b"",
     ) -> ThirdParty:
         _check_id("b_id", b_id)
         _check_text("display_name", display_name, 256)
@@ -1186,10 +1202,16 @@ class PlatformRepo(_SqlRepo):
         _check_pem(certificate_pem)
         old = self._session.get(ThirdPartyRow, b_id, populate_existing=True)
         if old is not None:
-            if (old.display_name, old.hpke_public, old.certificate_pem) != (
+            if (
+                old.display_name,
+                old.hpke_public,
+                old.certificate_pem,
+                old.hpke_signature or b"",
+            ) != (
                 display_name,
                 hpke_public,
                 certificate_pem,
+                hpke_signature,
             ):
                 raise Conflict("third party registered with other data")
             return _third_party(old)
@@ -1199,6 +1221,7 @@ class PlatformRepo(_SqlRepo):
             hpke_public=hpke_public,
             certificate_pem=certificate_pem,
             registered_at=self._now(),
+            hpke_signature=hpke_signature,
         )
         with _guarded(self._session, "third party registered concurrently"):
             self._session.add(row)

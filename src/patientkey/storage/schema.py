@@ -254,6 +254,9 @@ class ThirdPartyRow(PlatformBase):
     hpke_public: Mapped[bytes] = mapped_column(LargeBinary())
     certificate_pem: Mapped[str] = mapped_column(Text)
     registered_at: Mapped[datetime] = _stamp()
+    # The third party's signature over hpke_public with its certificate key (crypto.certkey);
+    # NULL for rows registered before platform_0003: such a key is not certified.
+    hpke_signature: Mapped[bytes | None] = mapped_column(LargeBinary(), nullable=True)
 
 
 class ShareRow(PlatformBase):

@@ -83,7 +83,11 @@ def export(
     config: ConfigOption,
     out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Where to write the JSON.")],
 ) -> None:
-    """Write {"b_id", "hpke_public", "certificate_pem"} for the platform's registry."""
+    """Write {"b_id", "hpke_public", "certificate_pem", "hpke_signature"} for the registry.
+
+    The signature over the HPKE public key is made with the certificate's private key,
+    so wallets can tell the platform hands out this party's own key.
+    """
     import base64
 
     from patientkey.thirdparty.settings import load_keys
@@ -93,12 +97,21 @@ def export(
         keys = load_keys(settings.keystore)
         try:
             certificate = settings.files.cert.read_text(encoding="ascii")
+            cert_key = settings.files.key.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"cannot read {settings.files.cert}: {exc.strerror}") from exc
+            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     except PatientKeyError as exc:
         _fail(exc)
-    public = base64.urlsafe_b64encode(keys.hpke.public_key.to_bytes()).rstrip(b"=").decode()
-    document = {"b_id": settings.name, "hpke_public": public, "certificate_pem": certificate}
+    from patientkey.crypto.certkey import sign_hpke_public
+
+    kbp = keys.hpke.public_key.to_bytes()
+    signature = sign_hpke_public(cert_key, settings.name, kbp)
+    document = {
+        "b_id": settings.name,
+        "hpke_public": base64.urlsafe_b64encode(kbp).rstrip(b"=").decode(),
+        "certificate_pem": certificate,
+        "hpke_signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
+    }
     out.write_text(json.dumps(document, indent=2) + "\n", encoding="ascii")
     _err().print(f"wrote the registry entry of {settings.name} to {out}")
 

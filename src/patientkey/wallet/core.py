@@ -48,6 +48,7 @@ from patientkey.crypto import (
     remove_recipient,
     unwrap_dek,
 )
+from patientkey.crypto.certkey import verify_hpke_public
 from patientkey.crypto.ratchet import (
     RotationContext,
     ShareContext,
@@ -668,6 +669,8 @@ class WalletCore:
         if (offer.his_id, offer.p_id, offer.b_id) != (his_id, p_id, b_id):
             raise _refuse("share: offer for another record or third party")
         self._trust.verify(offer.certificate_pem, b_id)
+        # The certificate's key signed KBP: the platform cannot swap in a key of its own.
+        verify_hpke_public(offer.certificate_pem, b_id, offer.hpke_public, offer.hpke_signature)
         kbp = HpkePublicKey.from_bytes(offer.hpke_public)
         record = self._checked_record(his_id, p_id, offer.sealed, h)
         dek = self._dek(his_id, h, record)
