@@ -62,6 +62,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from patientkey.errors import Conflict, InvalidInput, NotFound, RateLimited
+from patientkey.protocol import states
 from patientkey.storage.engine import Database
 from patientkey.storage.schema import (
     ID_LENGTH,
@@ -141,12 +142,12 @@ def utc_now() -> datetime:
 # ─────────────────────────────────────────────────────────────── state machines
 
 DISPENSE_TRANSITIONS: Final[Mapping[str, tuple[DispenseState, DispenseState]]] = {
-    # operation: (required state, new state). Only the claimant may complete or release.
-    "claim": (DispenseState.OPEN, DispenseState.CLAIMED),
-    "complete": (DispenseState.CLAIMED, DispenseState.COMPLETED),
-    "release": (DispenseState.CLAIMED, DispenseState.OPEN),
+    # operation: (required state, new state), read off the one table in protocol.states
+    # so storage's conditional UPDATEs enforce exactly the protocol's machine.
+    event.value: (DispenseState(before.value), DispenseState(after.value))
+    for (before, event), after in states.DISPENSE_TRANSITIONS.items()
 }
-"""The platform's dispense claim; ``completed`` is final."""
+"""The platform's dispense claim; ``completed`` is final. Only the claimant completes/releases."""
 
 CLAIM_TRANSITIONS: Final[Mapping[ClaimState | None, frozenset[ClaimState]]] = {
     None: frozenset({ClaimState.PENDING}),
