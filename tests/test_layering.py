@@ -11,7 +11,7 @@ import patientkey
 
 ROOT = Path(patientkey.__file__).parent
 PARTIES = ("platform", "hospital", "thirdparty", "wallet", "kme")
-SHARED = ("crypto", "keysupply", "protocol", "storage", "service", "fhir", "errors", "pki")
+SHARED = ("crypto", "keysupply", "protocol", "storage", "service", "fhir", "errors", "pki", "fsutil")
 
 
 def _imports(path: Path) -> set[str]:

@@ -16,7 +16,6 @@ opaque :class:`~patientkey.errors.CryptoError`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import unicodedata
@@ -40,6 +39,7 @@ from patientkey.crypto._util import (
     strict_json_loads,
 )
 from patientkey.errors import InvalidInput, PayloadTooLarge
+from patientkey.fsutil import write_private
 
 __all__ = [
     "DEFAULT_ARGON2",
@@ -168,26 +168,6 @@ def write_keystore(
     Keystore.create(path, passphrase, secrets, params=params)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _parse(document: bytes) -> tuple[Argon2Params, bytes, dict[str, Any], bytes, bytes]:
     try:
         obj = strict_json_loads(document)
@@ -305,4 +285,4 @@ class Keystore:
 
     def save(self, secrets: Mapping[str, bytes]) -> None:
         """Replace the file with ``secrets`` (same passphrase and salt, fresh IV)."""
-        _atomic_write(self.path, _document(self._key, self._kdf, secrets))
+        write_private(self.path, _document(self._key, self._kdf, secrets))

@@ -14,11 +14,8 @@ Returns a process exit code: 0 only if every step behaved as it must.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from patientkey.crypto import EnvelopeOpener, seal_envelope
+from patientkey.demo import workdir as open_workdir
 from patientkey.errors import CryptoError, KeyUnavailable
 from patientkey.keysupply.etsi014 import Etsi014Client
 from patientkey.keysupply.hopkey import QkdPolicy
@@ -64,16 +62,6 @@ noise = 0.02
 """
 
 
-@contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="patientkey-demo-") as tmp:
-        yield Path(tmp)
-
-
 def run(workdir: Path | None = None) -> int:
     console = Console()
     failures: list[str] = []
@@ -83,7 +71,7 @@ def run(workdir: Path | None = None) -> int:
         if not ok:
             failures.append(what)
 
-    with _workdir(workdir) as wd:
+    with open_workdir(workdir) as wd:
         pki = wd / "pki"
         init_pki(pki, ["kme", PLATFORM, HOSPITAL, OPERATOR])
         config = wd / "kme.toml"

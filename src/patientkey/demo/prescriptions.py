@@ -11,11 +11,9 @@ never hold. Returns a process exit code: 0 only if every step behaved.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from patientkey.crypto import SealedRecord, unwrap_dek
+from patientkey.demo import workdir as open_workdir
 from patientkey.demo.blindness import find_leaks, health_needles, key_needles
 from patientkey.demo.network import Network
 from patientkey.errors import Conflict, InvalidInput, PatientKeyError
@@ -31,16 +30,6 @@ from patientkey.fhir.records import ClinicalRecord, load_record
 from patientkey.fhir.synthetic import write_bundles
 
 __all__ = ["run"]
-
-
-@contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="patientkey-demo-") as tmp:
-        yield Path(tmp)
 
 
 def _prescriptions(data: Path | None, into: Path, console: Console) -> list[ClinicalRecord]:
@@ -72,7 +61,7 @@ def run(data: Path | None = None, workdir: Path | None = None) -> int:
         if not ok:
             failures.append(what)
 
-    with _workdir(workdir) as wd:
+    with open_workdir(workdir) as wd:
         net = Network(wd)
         with console.status("starting KME, platform, hospital and pharmacy (mutual TLS)"):
             started = time.perf_counter()

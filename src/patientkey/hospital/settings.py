@@ -20,7 +20,12 @@ from pydantic import model_validator
 from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, read_keystore, write_keystore
 from patientkey.errors import ConfigError
 from patientkey.pki import valid_party_name
-from patientkey.service.party import PartySettings, load_settings
+from patientkey.service.party import (
+    PASSPHRASE_ENV,
+    PartySettings,
+    load_settings,
+    passphrase_from_env,
+)
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -29,10 +34,8 @@ __all__ = [
     "create_keystore",
     "load_hospital_settings",
     "load_storage_key",
-    "passphrase",
 ]
 
-PASSPHRASE_ENV: Final = "PATIENTKEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 STORAGE_KEY_NAME: Final = "hospital-storage-key"
 
 
@@ -58,26 +61,18 @@ def load_hospital_settings(path: Path) -> HospitalSettings:
     return settings
 
 
-def passphrase() -> str:
-    """The keystore passphrase from ``PATIENTKEY_PASSPHRASE``; ConfigError without it."""
-    value = os.environ.get(PASSPHRASE_ENV, "")
-    if not value:
-        raise ConfigError(f"set {PASSPHRASE_ENV} to the keystore passphrase")
-    return value
-
-
 def create_keystore(path: Path, *, params: Argon2Params = DEFAULT_ARGON2) -> None:
     """Write a keystore with a fresh storage key; ConfigError if one exists already."""
     if path.exists():
         raise ConfigError(f"{path} exists: refusing to replace a keystore (its keys would be lost)")
-    write_keystore(path, passphrase(), {STORAGE_KEY_NAME: os.urandom(32)}, params=params)
+    write_keystore(path, passphrase_from_env(), {STORAGE_KEY_NAME: os.urandom(32)}, params=params)
 
 
 def load_storage_key(path: Path) -> bytes:
     """The storage key from the keystore at ``path`` (CryptoError for a wrong passphrase)."""
     if not path.is_file():
         raise ConfigError(f"no keystore at {path} (run `patientkey hospital init` first)")
-    key = read_keystore(path, passphrase()).get(STORAGE_KEY_NAME)
+    key = read_keystore(path, passphrase_from_env()).get(STORAGE_KEY_NAME)
     if key is None or len(key) != 32:
         raise ConfigError(f"{path} holds no hospital storage key")
     return key

@@ -41,7 +41,7 @@ from patientkey.kme.app import create_app
 from patientkey.kme.config import KmeSettings, load_config
 from patientkey.kme.links import KmeRuntime
 from patientkey.pki import PartyFiles, party_files
-from patientkey.service.process import ServiceProcess, write_port_file
+from patientkey.service.process import PartyProcess, write_port_file
 from patientkey.service.tls import MutualTLSH11Protocol, tls_extension
 from patientkey.service.tls import build_server as build_tls_server
 
@@ -107,28 +107,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
 
 
-class KmeProcess(ServiceProcess):
-    """The KME in a subprocess (``python -m patientkey.kme.server``), for tests and demos.
+class KmeProcess(PartyProcess):
+    """The KME in a subprocess, for tests and demos: ready once its pools are filled."""
 
-    ``with KmeProcess(config) as kme: kme.base_url`` starts it, waits until the
-    pools are filled and the port listens (bounded by ``timeout``), and stops it.
-    """
-
-    def __init__(
-        self,
-        config_path: Path,
-        *,
-        timeout: float = 20.0,
-        host: str = "localhost",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            ["patientkey.kme.server", "--config", str(config_path)],
-            timeout=timeout,
-            host=host,
-            env=env,
-        )
-        self.config_path = config_path
+    module = "patientkey.kme.server"
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ they work before the server ever ran.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from patientkey.errors import ConfigError, PatientKeyError
+from patientkey.fsutil import write_private
 from patientkey.platform.settings import PlatformSettings, load_platform_settings
 from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
 
@@ -47,21 +47,6 @@ def _open(config: Path) -> tuple[PlatformSettings, Database]:
 def _fail(exc: PatientKeyError) -> typer.Exit:
     console.print(f"[red]error:[/red] {exc.detail}")
     return typer.Exit(2)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from the start (key material)."""
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @app.command("charge-wallet")
@@ -125,7 +110,7 @@ def charge_wallet_command(
                 charger_supply=charger_supply,
                 progress=lambda done: progress.update(task, completed=done),
             )
-        _write_private(out, json.dumps(result.wallet_pool).encode("utf-8"))
+        write_private(out, json.dumps(result.wallet_pool).encode("utf-8"))
     except PatientKeyError as exc:
         raise _fail(exc) from exc
     verb = "created and charged" if result.account_created else "charged"

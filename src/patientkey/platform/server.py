@@ -72,12 +72,12 @@ from patientkey.platform.settings import (
 )
 from patientkey.protocol.channel import HopEnd
 from patientkey.service.client import PeerClient
-from patientkey.service.process import ServiceProcess, write_port_file
+from patientkey.service.party import passphrase_from_env
+from patientkey.service.process import PartyProcess, write_port_file
 from patientkey.service.tls import build_server
 from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
 
 __all__ = [
-    "PASSPHRASE_ENV",
     "PlatformProcess",
     "PlatformRuntime",
     "build_runtime",
@@ -88,7 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PASSPHRASE_ENV = "PATIENTKEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 _PQ_SECRET = "pq_responder"  # noqa: S105 - the keystore entry's name
 _BACKLOG = 2048
 
@@ -116,9 +115,7 @@ def load_responder(settings: PlatformSettings) -> PqResponder:
     if settings.keystore is None:
         log.info("no keystore configured: a new PQ responder key for this run")
         return PqResponder()
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    if not passphrase:
-        raise ConfigError(f"keystore configured: set {PASSPHRASE_ENV}")
+    passphrase = passphrase_from_env()
     if settings.keystore.exists():
         try:
             secrets = read_keystore(settings.keystore, passphrase)
@@ -354,8 +351,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
 
 
-class PlatformProcess(ServiceProcess):
+class PlatformProcess(PartyProcess):
     """The platform in a subprocess (``python -m patientkey.platform.server``)."""
+
+    module = "patientkey.platform.server"
 
     def __init__(
         self,
@@ -366,11 +365,8 @@ class PlatformProcess(ServiceProcess):
         host: str = "localhost",
         env: dict[str, str] | None = None,
     ) -> None:
-        argv = ["patientkey.platform.server", "--config", str(config_path)]
-        if workers is not None:
-            argv += ["--workers", str(workers)]
-        super().__init__(argv, timeout=timeout, host=host, env=env)
-        self.config_path = config_path
+        extra = ["--workers", str(workers)] if workers is not None else []
+        super().__init__(config_path, timeout=timeout, host=host, env=env, extra_args=extra)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ context ``hop:<a>|<b>`` (the two names sorted, so both ends agree).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,7 +38,26 @@ from patientkey.keysupply.rekey import HopReceiver, HopSender, RekeyPolicy
 from patientkey.pki import PartyFiles, party_files, valid_party_name
 from patientkey.protocol.channel import HopEnd
 
-__all__ = ["PartySettings", "PeerSettings", "hop_context", "load_settings", "qkd_hop_end"]
+__all__ = [
+    "PASSPHRASE_ENV",
+    "PartySettings",
+    "PeerSettings",
+    "hop_context",
+    "load_settings",
+    "passphrase_from_env",
+    "qkd_hop_end",
+]
+
+PASSPHRASE_ENV = "PATIENTKEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+
+def passphrase_from_env() -> str:
+    """The keystore passphrase, only ever from ``PATIENTKEY_PASSPHRASE``; ConfigError without."""
+    value = os.environ.get(PASSPHRASE_ENV, "")
+    if not value:
+        raise ConfigError(f"set {PASSPHRASE_ENV} to the keystore passphrase")
+    return value
+
 
 S = TypeVar("S", bound="PartySettings")
 

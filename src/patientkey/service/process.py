@@ -16,9 +16,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
-__all__ = ["ServiceProcess", "write_port_file"]
+__all__ = ["PartyProcess", "ServiceProcess", "write_port_file"]
 
 
 def write_port_file(path: Path, port: int) -> None:
@@ -107,3 +107,29 @@ class ServiceProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class PartyProcess(ServiceProcess):
+    """A party's server module (``python -m <module> --config FILE``) in a subprocess.
+
+    ``env`` must carry ``PATIENTKEY_PASSPHRASE`` unless the parent environment does.
+    """
+
+    module: ClassVar[str]
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        timeout: float = 30.0,
+        host: str = "localhost",
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            [self.module, "--config", str(config_path), *extra_args],
+            timeout=timeout,
+            host=host,
+            env=env,
+        )
+        self.config_path = config_path

@@ -24,7 +24,7 @@ from patientkey.pki import client_ssl_context
 from patientkey.protocol.channel import HopEnd
 from patientkey.service.client import PeerClient
 from patientkey.service.party import qkd_hop_end
-from patientkey.service.process import ServiceProcess, write_port_file
+from patientkey.service.process import PartyProcess, write_port_file
 from patientkey.service.tls import build_server
 from patientkey.storage import Party, SqlStore, ThirdPartyRepo, open_database
 from patientkey.thirdparty.app import create_app
@@ -123,27 +123,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
 
 
-class ThirdPartyProcess(ServiceProcess):
-    """The third party in a subprocess (``python -m patientkey.thirdparty.server``).
+class ThirdPartyProcess(PartyProcess):
+    """The third party in a subprocess (``python -m patientkey.thirdparty.server``)."""
 
-    ``env`` must carry ``PATIENTKEY_PASSPHRASE`` unless the parent environment does.
-    """
-
-    def __init__(
-        self,
-        config_path: Path,
-        *,
-        timeout: float = 30.0,
-        host: str = "localhost",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            ["patientkey.thirdparty.server", "--config", str(config_path)],
-            timeout=timeout,
-            host=host,
-            env=env,
-        )
-        self.config_path = config_path
+    module = "patientkey.thirdparty.server"
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ from patientkey.crypto import (
 )
 from patientkey.errors import ConfigError, InvalidInput
 from patientkey.pki import valid_party_name
-from patientkey.service.party import PartySettings, load_settings
+from patientkey.service.party import (
+    PASSPHRASE_ENV,
+    PartySettings,
+    load_settings,
+    passphrase_from_env,
+)
 
 __all__ = [
     "HPKE_KEY_NAME",
@@ -40,10 +45,8 @@ __all__ = [
     "create_keystore",
     "load_keys",
     "load_thirdparty_settings",
-    "passphrase",
 ]
 
-PASSPHRASE_ENV: Final = "PATIENTKEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 HPKE_KEY_NAME: Final = "thirdparty-hpke-private"
 STORAGE_KEY_NAME: Final = "thirdparty-storage-key"
 
@@ -82,21 +85,13 @@ def load_thirdparty_settings(path: Path) -> ThirdPartySettings:
     return settings
 
 
-def passphrase() -> str:
-    """The keystore passphrase from ``PATIENTKEY_PASSPHRASE``; ConfigError without it."""
-    value = os.environ.get(PASSPHRASE_ENV, "")
-    if not value:
-        raise ConfigError(f"set {PASSPHRASE_ENV} to the keystore passphrase")
-    return value
-
-
 def create_keystore(path: Path, *, params: Argon2Params = DEFAULT_ARGON2) -> ThirdPartyKeys:
     """Write a keystore with a fresh key pair and storage key; ConfigError if one exists."""
     if path.exists():
         raise ConfigError(f"{path} exists: refusing to replace a keystore (its keys would be lost)")
     keys = ThirdPartyKeys.generate()
     secrets = {HPKE_KEY_NAME: keys.hpke.private_bytes(), STORAGE_KEY_NAME: keys.storage_key}
-    write_keystore(path, passphrase(), secrets, params=params)
+    write_keystore(path, passphrase_from_env(), secrets, params=params)
     return keys
 
 
@@ -104,7 +99,7 @@ def load_keys(path: Path) -> ThirdPartyKeys:
     """The keys in the keystore at ``path`` (CryptoError for a wrong passphrase)."""
     if not path.is_file():
         raise ConfigError(f"no keystore at {path} (run `patientkey thirdparty init` first)")
-    secrets = read_keystore(path, passphrase())
+    secrets = read_keystore(path, passphrase_from_env())
     private, storage = secrets.get(HPKE_KEY_NAME), secrets.get(STORAGE_KEY_NAME)
     if private is None or storage is None or len(storage) != 32:
         raise ConfigError(f"{path} is not a third-party keystore")

@@ -8,7 +8,6 @@ never contains key bytes; record contents are shown only by ``show``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,14 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from patientkey.errors import ConfigError, CryptoError, PatientKeyError
+from patientkey.service.party import passphrase_from_env
 
 if TYPE_CHECKING:
     from patientkey.wallet.core import RecordView, WalletCore
     from patientkey.wallet.settings import WalletSettings
 
-__all__ = ["PASSPHRASE_ENV", "app"]
+__all__ = ["app"]
 
-PASSPHRASE_ENV = "PATIENTKEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 app = typer.Typer(
     help="The patient's wallet: keys per hospital and third party, records, sharing.",
@@ -50,10 +49,10 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _passphrase() -> str:
-    value = os.environ.get(PASSPHRASE_ENV, "")
-    if not value:
-        _fail(f"set {PASSPHRASE_ENV} to the keystore passphrase", 2)
-    return value
+    try:
+        return passphrase_from_env()
+    except ConfigError as exc:
+        _fail(exc.detail, 2)
 
 
 @contextmanager

@@ -20,8 +20,6 @@ atomically with mode 0600.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, Keystore
 from patientkey.errors import Conflict, CryptoError, InvalidInput, NotFound, Unauthenticated
+from patientkey.fsutil import write_private
 from patientkey.keysupply.pool import KeyPool
 from patientkey.protocol.messages import B64Bytes, Ident
 from patientkey.protocol.states import Rotation
@@ -306,18 +305,7 @@ class FileRecordCache:
     def put(self, his_id: str, p_id: str, sealed: bytes) -> None:
         path = self._path(his_id, p_id)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(sealed)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+        write_private(path, sealed)
 
     def items(self) -> Iterator[tuple[str, str]]:
         if not self.root.is_dir():
