@@ -11,7 +11,18 @@ import patientkey
 
 ROOT = Path(patientkey.__file__).parent
 PARTIES = ("platform", "hospital", "thirdparty", "wallet", "kme")
-SHARED = ("crypto", "keysupply", "protocol", "storage", "service", "fhir", "errors", "pki", "fsutil")
+SHARED = (
+    "crypto",
+    "keysupply",
+    "protocol",
+    "storage",
+    "service",
+    "fhir",
+    "errors",
+    "pki",
+    "fsutil",
+    "identity",
+)
 
 
 def _imports(path: Path) -> set[str]:

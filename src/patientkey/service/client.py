@@ -22,7 +22,6 @@ from patientkey.service.http import JOSE
 __all__ = ["PeerClient", "error_from_response"]
 
 M = TypeVar("M", bound=Message)
-_CLASSES = error_classes()
 
 
 def error_from_response(response: httpx.Response) -> PatientKeyError:
@@ -33,7 +32,8 @@ def error_from_response(response: httpx.Response) -> PatientKeyError:
         detail = str(body.get("detail", ""))[:500] or None
     except (ValueError, AttributeError):
         return PeerUnavailable(f"peer answered {response.status_code} without a problem body")
-    cls = _CLASSES.get(problem.removeprefix(PROBLEM_BASE))
+    # Looked up per call: packages imported later add their own error classes.
+    cls = error_classes().get(problem.removeprefix(PROBLEM_BASE))
     if cls is None or cls.status != response.status_code:
         return PeerUnavailable(f"peer answered {response.status_code}: {detail}")
     if cls.__init__ is not PatientKeyError.__init__:
