@@ -22,6 +22,7 @@ SHARED = (
     "pki",
     "fsutil",
     "identity",
+    "authz",
 )
 
 
