@@ -133,3 +133,71 @@ def crypto(
     Console().print(table)
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+@app.command()
+def rx(
+    concurrency: int = typer.Option(
+        16, min=1, max=512, help="Virtual users, each its own thread, User_ID, pool, records."
+    ),
+    duration: float = typer.Option(10.0, min=0.1, help="Measured seconds per operation."),
+    out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    workers: int = typer.Option(1, min=1, max=64, help="Platform uvicorn worker processes."),
+    database: str = typer.Option("sqlite", help="Every party's database: sqlite or postgres."),
+    records: int = typer.Option(
+        200, min=2, help="Prescriptions generated per virtual user (each cold-fetched once)."
+    ),
+    workdir: Path | None = typer.Option(
+        None, help="Lay the deployment out here and keep it (default: a temporary directory)."
+    ),
+    clients: int = typer.Option(2, min=1, max=64, help="Load-generator processes."),
+    warmup: float = typer.Option(2.0, min=0.0, help="Unmeasured seconds before each phase."),
+    pool_keys: int = typer.Option(
+        3000, min=16, help="KUE pool keys per direction charged to each virtual user."
+    ),
+    hop_rekey: int = typer.Option(
+        1, min=1, help="Platform→hospital/pharmacy: messages per QKD key (1 = fresh per message)."
+    ),
+    ops: str = typer.Option(
+        "bind,cold_fetch,cached_fetch,share", help="Operations to measure, comma-separated."
+    ),
+    pg_url: str = typer.Option(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        envvar="PATIENTKEY_BENCH_PG_URL",
+        help="PostgreSQL for --database postgres (a schema per party, dropped afterwards).",
+    ),
+    profile: Path | None = typer.Option(
+        None, help="Run the platform under cProfile (one worker) and write the stats here."
+    ),
+) -> None:
+    """Bind, cold/cached fetch and share over mutual TLS against running services.
+
+    Prints ops/s and p50/p95/p99 latency per operation, the platform's bare request
+    rate (GET /v1/ping) and each operation's ratio to it; see patientkey.bench.rx.
+    """
+    from patientkey.bench.rx import RxOptions
+    from patientkey.bench.rx import run as run_rx
+    from patientkey.errors import PatientKeyError
+
+    try:
+        run_rx(
+            RxOptions(
+                concurrency=concurrency,
+                duration=duration,
+                warmup=warmup,
+                workers=workers,
+                database=database,
+                records=records,
+                clients=clients,
+                pool_keys=pool_keys,
+                hop_rekey=hop_rekey,
+                ops=tuple(o.strip() for o in ops.split(",") if o.strip()),
+                workdir=workdir,
+                json_out=out,
+                pg_url=pg_url,
+                profile=profile,
+            )
+        )
+    except PatientKeyError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
+        raise typer.Exit(2) from exc

@@ -24,7 +24,6 @@ process, because one subprocess per user and step would take minutes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -218,7 +217,6 @@ class Network:
         """Everything up to a charged wallet and a registered pharmacy."""
         n = self.names
         self.workdir.mkdir(parents=True, exist_ok=True)
-        os.environ.update(self.env)  # the in-process wallet and pharmacy read it too
         init_pki(self.pki, ["kme", *n.sites, n.user, n.operator])
         kme = KmeProcess(self._kme_config(), timeout=60.0, env=self.env)
         self.processes["kme"] = kme
@@ -339,18 +337,19 @@ class Network:
                 out.append((enrollment.patient_id, enrollment.code))
         return out
 
-    def import_many(self, batches: Sequence[tuple[Path, str]]) -> int:
-        """``hospital import DIR --patient P`` for each (DIR, P); the number of records."""
+    def import_many(self, batches: Sequence[tuple[Path, str]]) -> list[list[str]]:
+        """``hospital import DIR --patient P`` for each (DIR, P): the P_IDs of each batch."""
         from patientkey.hospital.server import open_runtime
         from patientkey.hospital.settings import load_hospital_settings
 
         settings = load_hospital_settings(self.config(self.names.hospital))
-        count = 0
+        out: list[list[str]] = []
         with open_runtime(settings) as runtime:
             for directory, patient_id in batches:
                 loaded = runtime.core.validate(directory)
-                count += len(runtime.core.store_records(patient_id, loaded))
-        return count
+                imported = runtime.core.store_records(patient_id, loaded)
+                out.append([record.p_id for record in imported])
+        return out
 
     def charge_users(self, users: Sequence[str], count: int) -> dict[str, dict[str, Any]]:
         """``platform charge-wallet`` for each user: the wallet halves (key material)."""
@@ -423,7 +422,11 @@ class Network:
         lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
         if kdf:
             lines += ["", "[keystore_kdf]", *(f"{k} = {int(v)}" for k, v in kdf.items())]
-        lines += ["", f'[peers."{self.names.platform}"]', f'url = "{self.urls[self.names.platform]}"']
+        lines += [
+            "",
+            f'[peers."{self.names.platform}"]',
+            f'url = "{self.urls[self.names.platform]}"',
+        ]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         settings = load_wallet_settings(path)
         state = WalletState(user_id=user, pool=KeyPool.from_dict(dict(pool)))
@@ -511,5 +514,15 @@ class Network:
         from patientkey.thirdparty.settings import load_thirdparty_settings
 
         settings = load_thirdparty_settings(self.config(self.names.pharmacy))
-        with open_runtime(settings) as runtime:
-            yield runtime.core
+        # Its keystore passphrase comes from the environment, as for the CLI; set it only
+        # while the desk is open so nothing else in this process inherits it.
+        saved = os.environ.get("PATIENTKEY_PASSPHRASE")
+        os.environ["PATIENTKEY_PASSPHRASE"] = self.passphrase
+        try:
+            with open_runtime(settings) as runtime:
+                yield runtime.core
+        finally:
+            if saved is None:
+                os.environ.pop("PATIENTKEY_PASSPHRASE", None)
+            else:
+                os.environ["PATIENTKEY_PASSPHRASE"] = saved
