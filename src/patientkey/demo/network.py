@@ -331,7 +331,7 @@ class Network:
 
         settings = load_hospital_settings(self.config(self.names.hospital))
         out: list[tuple[str, str]] = []
-        with open_runtime(settings, connect=False) as runtime:
+        with self.passphrase_env(), open_runtime(settings, connect=False) as runtime:
             for name, birth in people:
                 enrollment = runtime.core.enroll(name, date.fromisoformat(birth))
                 out.append((enrollment.patient_id, enrollment.code))
@@ -344,7 +344,7 @@ class Network:
 
         settings = load_hospital_settings(self.config(self.names.hospital))
         out: list[list[str]] = []
-        with open_runtime(settings) as runtime:
+        with self.passphrase_env(), open_runtime(settings) as runtime:
             for directory, patient_id in batches:
                 loaded = runtime.core.validate(directory)
                 imported = runtime.core.store_records(patient_id, loaded)
@@ -514,13 +514,17 @@ class Network:
         from patientkey.thirdparty.settings import load_thirdparty_settings
 
         settings = load_thirdparty_settings(self.config(self.names.pharmacy))
-        # Its keystore passphrase comes from the environment, as for the CLI; set it only
-        # while the desk is open so nothing else in this process inherits it.
+        with self.passphrase_env(), open_runtime(settings) as runtime:
+            yield runtime.core
+
+    @contextlib.contextmanager
+    def passphrase_env(self) -> Iterator[None]:
+        """Party runtimes read their keystore passphrase from the environment, as the CLI
+        does; set it only while one is open so nothing else in this process inherits it."""
         saved = os.environ.get("PATIENTKEY_PASSPHRASE")
         os.environ["PATIENTKEY_PASSPHRASE"] = self.passphrase
         try:
-            with open_runtime(settings) as runtime:
-                yield runtime.core
+            yield
         finally:
             if saved is None:
                 os.environ.pop("PATIENTKEY_PASSPHRASE", None)
