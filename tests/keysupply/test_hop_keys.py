@@ -241,3 +241,35 @@ def test_budget_figures():
     assert session.sustainable_rate(25_600) == pytest.approx(10_000)
     assert RekeyPolicy(messages=10, seconds=1).sustainable_rate(100) == 0
     assert budget_row(session, 25_600, 1000)["sustainable_msgs_per_s"] == 10_000
+
+
+def test_prefetch_draws_keys_in_batches_and_uses_each_once():
+    """With prefetch, one supply call serves several messages, each under its own QKD key."""
+    wallet, platform = _pools(n=10)
+    calls = []
+    real = wallet.get_keys
+
+    def counting(peer, number=1, size=256):
+        calls.append(number)
+        return real(peer, number, size)
+
+    wallet.get_keys = counting
+    sender = HopSender(peer="platform", context=b"c", supply=wallet, prefetch=4)
+    receiver = HopReceiver(peer="wallet", context=b"c", supply=platform)
+    keys = [sender.next_key() for _ in range(6)]
+    assert calls == [4, 4]
+    assert len({k.kid.qkd for k in keys}) == 6
+    assert all(receiver.resolve(k.kid_text) == k.key for k in keys)
+    assert sender.qkd_bits_used == 6 * 256
+
+
+def test_prefetch_falls_back_to_single_keys_when_a_batch_is_unavailable():
+    """Fewer keys left than a batch: the sender takes them one by one, then fails closed."""
+    wallet, _ = _pools(n=2)
+    sender = HopSender(peer="platform", context=b"c", supply=wallet, prefetch=8)
+    sender.next_key()
+    sender.next_key()
+    with pytest.raises(KeyUnavailable):
+        sender.next_key()
+    with pytest.raises(InvalidInput):
+        HopSender(peer="platform", context=b"c", supply=wallet, prefetch=0)

@@ -69,6 +69,7 @@ def open_runtime(settings: HospitalSettings, *, connect: bool = True) -> Iterato
             policy=settings.qkd_policy,
             rekey=settings.rekey,
             replay_cache_entries=settings.replay_cache_entries,
+            prefetch=settings.qkd_prefetch,
         )
         platform: PeerClient | None = None
         peer = settings.peers.get(settings.platform)

@@ -14,15 +14,21 @@ session), so it plugs into the envelope opener as its key resolver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from patientkey.errors import InvalidInput, KeySupplyError, KeyUnavailable
+from patientkey.errors import (
+    InvalidInput,
+    KeySupplyBadRequest,
+    KeySupplyError,
+    KeyUnavailable,
+)
 from patientkey.keysupply._types import KeySupply, QKey
 from patientkey.keysupply.hopkey import (
     HopKey,
@@ -100,7 +106,10 @@ class HopSender:
         rekey: RekeyPolicy | None = None,
         pq: PqSecrets | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prefetch: int = 1,
     ) -> None:
+        if not 1 <= prefetch <= 1024:
+            raise InvalidInput("prefetch must be 1 to 1024 keys")
         self._peer = peer
         self._context = context
         self._supply = supply
@@ -113,12 +122,28 @@ class HopSender:
         self._counter = 0
         self._lock = threading.Lock()
         self.qkd_bits_used = 0
+        # Keys drawn ahead from the KME (one enc_keys call per ``prefetch`` messages); each
+        # is still used for exactly one session. A finite pool (the wallet's) keeps 1.
+        self._prefetch = prefetch
+        self._ahead: deque[QKey] = deque()
+
+    def _fetch(self) -> QKey:
+        assert self._supply is not None
+        if not self._ahead and self._prefetch > 1:
+            # Fewer keys than a batch, or a smaller per-request limit: one will do.
+            with contextlib.suppress(KeySupplyBadRequest, KeyUnavailable):
+                self._ahead.extend(
+                    self._supply.get_keys(self._peer, self._prefetch, self._rekey.key_bits)
+                )
+        if self._ahead:
+            return self._ahead.popleft()
+        return self._supply.get_keys(self._peer, 1, self._rekey.key_bits)[0]
 
     def _draw_qkd(self) -> QKey | None:
         if self._policy is QkdPolicy.NONE or self._supply is None:
             return None
         try:
-            return self._supply.get_keys(self._peer, 1, self._rekey.key_bits)[0]
+            return self._fetch()
         except KeySupplyError:
             if self._policy is QkdPolicy.PREFERRED and self._pq is not None:
                 log.warning("QKD key unavailable for %s: falling back to ML-KEM+X25519", self._peer)

@@ -404,6 +404,7 @@ def platform_hop_end(
     rekey: RekeyPolicy | None,
     replay_cache: ReplayCache,
     peer_factory: Callable[[str], tuple[HopSender, HopReceiver] | None] | None,
+    prefetch: int = 1,
 ) -> HopEnd:
     """The platform's hop end: QKD hops to ``peers``, wallet hops made by ``peer_factory``.
 
@@ -414,7 +415,7 @@ def platform_hop_end(
     for peer in peers:
         context = hop_context(me, peer)
         senders[peer] = HopSender(
-            peer=peer, context=context, supply=supply, policy=policy, rekey=rekey
+            peer=peer, context=context, supply=supply, policy=policy, rekey=rekey, prefetch=prefetch
         )
         receivers[peer] = NotingReceiver(peer=peer, context=context, supply=supply, policy=policy)
     return HopEnd(

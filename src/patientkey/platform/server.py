@@ -180,6 +180,7 @@ def build_runtime(
         rekey=settings.rekey,
         replay_cache=replay,
         peer_factory=factory,
+        prefetch=settings.qkd_prefetch,
     )
     ssl_context = client_ssl_context(settings.pki_dir, settings.name)
     ports: dict[str, PeerPort] = {}

@@ -81,6 +81,9 @@ class PartySettings(BaseModel):
     qkd_policy: QkdPolicy = QkdPolicy.REQUIRED
     rekey_messages: int = Field(1, ge=1, le=1_000_000)
     rekey_seconds: float = Field(300.0, gt=0, le=86_400)
+    # QKD keys drawn per enc_keys call (each still keys one message or session):
+    # one KME round trip per this many messages instead of one per message.
+    qkd_prefetch: int = Field(16, ge=1, le=128)
     replay_cache_entries: int = Field(2_000_000, ge=1000)
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
 
@@ -140,6 +143,7 @@ def qkd_hop_end(
     policy: QkdPolicy = QkdPolicy.REQUIRED,
     rekey: RekeyPolicy | None = None,
     replay_cache_entries: int = 2_000_000,
+    prefetch: int = 1,
 ) -> HopEnd:
     """``me``'s hop end towards each of ``peers`` over one key supply."""
     senders: dict[str, HopSender] = {}
@@ -147,7 +151,7 @@ def qkd_hop_end(
     for peer in peers:
         context = hop_context(me, peer)
         senders[peer] = HopSender(
-            peer=peer, context=context, supply=supply, policy=policy, rekey=rekey
+            peer=peer, context=context, supply=supply, policy=policy, rekey=rekey, prefetch=prefetch
         )
         receivers[peer] = HopReceiver(peer=peer, context=context, supply=supply, policy=policy)
     return HopEnd(

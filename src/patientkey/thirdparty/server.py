@@ -71,6 +71,7 @@ def open_runtime(
             policy=settings.qkd_policy,
             rekey=settings.rekey,
             replay_cache_entries=settings.replay_cache_entries,
+            prefetch=settings.qkd_prefetch,
         )
         platform: PeerClient | None = None
         peer = settings.peers.get(settings.platform)
