@@ -10,15 +10,12 @@ same; :class:`HospitalProcess` runs that in a subprocess for tests and demos.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from patientkey.errors import ConfigError, PatientKeyError
 from patientkey.hospital.app import create_app
 from patientkey.hospital.core import HospitalCore
 from patientkey.hospital.settings import (
@@ -31,7 +28,7 @@ from patientkey.pki import client_ssl_context
 from patientkey.protocol.channel import HopEnd
 from patientkey.service.client import PeerClient
 from patientkey.service.party import qkd_hop_end
-from patientkey.service.process import PartyProcess, write_port_file
+from patientkey.service.process import PartyProcess, server_main, write_port_file
 from patientkey.service.tls import build_server
 from patientkey.storage import HospitalRepo, Party, SqlStore, open_database
 
@@ -106,22 +103,7 @@ def serve(config_path: Path, *, port_file: Path | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m patientkey.hospital.server")
-    parser.add_argument("--config", type=Path, required=True, help="hospital TOML settings")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here when ready")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    try:
-        serve(args.config, port_file=args.port_file)
-    except ConfigError as exc:
-        log.error("%s", exc.detail)  # noqa: TRY400 - a config error needs no traceback
-        sys.exit(2)
-    except PatientKeyError as exc:
-        log.error("cannot start: %s", exc.detail)  # noqa: TRY400 - e.g. wrong passphrase
-        sys.exit(1)
+    server_main("patientkey.hospital.server", serve, argv)
 
 
 class HospitalProcess(PartyProcess):

@@ -27,10 +27,8 @@ a GET dec_keys key_ID) and statuses, the refill thread round statistics.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import socket
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from patientkey.kme.app import create_app
 from patientkey.kme.config import KmeSettings, load_config
 from patientkey.kme.links import KmeRuntime
 from patientkey.pki import PartyFiles, party_files
-from patientkey.service.process import PartyProcess, write_port_file
+from patientkey.service.process import PartyProcess, server_main, write_port_file
 from patientkey.service.tls import MutualTLSH11Protocol, tls_extension
 from patientkey.service.tls import build_server as build_tls_server
 
@@ -92,19 +90,7 @@ def serve(config_path: Path, *, port_file: Path | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m patientkey.kme.server")
-    parser.add_argument("--config", type=Path, required=True, help="KME TOML config")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here when ready")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    try:
-        serve(args.config, port_file=args.port_file)
-    except ConfigError as exc:
-        log.error("%s", exc.detail)  # noqa: TRY400 - a config error needs no traceback
-        sys.exit(2)
+    server_main("patientkey.kme.server", serve, argv)
 
 
 class KmeProcess(PartyProcess):

@@ -34,14 +34,12 @@ key pair is generated at every start and wallets must redo the exchange
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -52,7 +50,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from patientkey.crypto import ReplayCache, read_keystore, write_keystore
-from patientkey.errors import ConfigError, CryptoError, InvalidInput, PatientKeyError
+from patientkey.errors import ConfigError, CryptoError, InvalidInput
 from patientkey.keysupply.etsi014 import Etsi014Client
 from patientkey.keysupply.pq import PqResponder
 from patientkey.pki import client_ssl_context
@@ -73,7 +71,7 @@ from patientkey.platform.settings import (
 from patientkey.protocol.channel import HopEnd
 from patientkey.service.client import PeerClient
 from patientkey.service.party import passphrase_from_env
-from patientkey.service.process import PartyProcess, write_port_file
+from patientkey.service.process import PartyProcess, server_main, write_port_file
 from patientkey.service.tls import build_server
 from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
 
@@ -336,20 +334,7 @@ def _worker(settings: PlatformSettings, responder: PqResponder, sock: socket.soc
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m patientkey.platform.server")
-    parser.add_argument("--config", type=Path, required=True, help="platform TOML config")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here when ready")
-    parser.add_argument("--workers", type=int, help="worker processes (overrides the config)")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    try:
-        serve(args.config, port_file=args.port_file, workers=args.workers)
-    except PatientKeyError as exc:
-        log.error("%s", exc.detail)  # noqa: TRY400 - a config error needs no traceback
-        sys.exit(2)
+    server_main("patientkey.platform.server", serve, argv, workers_option=True)
 
 
 class PlatformProcess(PartyProcess):

@@ -8,17 +8,59 @@ once it is ready and listening, bounded by ``timeout``), and stops it
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
-__all__ = ["PartyProcess", "ServiceProcess", "write_port_file"]
+from patientkey.errors import ConfigError, PatientKeyError
+
+__all__ = ["PartyProcess", "ServiceProcess", "server_main", "write_port_file"]
+
+
+log = logging.getLogger(__name__)
+
+
+def server_main(
+    module: str,
+    serve: Callable[..., None],
+    argv: Sequence[str] | None = None,
+    *,
+    workers_option: bool = False,
+) -> None:
+    """``python -m <module> --config F [--port-file P] [--log-level L]`` for a party's ``serve``.
+
+    Exit code 2 for a configuration error, 1 for any other refusal to start (for example
+    a wrong keystore passphrase); the reason is logged without a traceback.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("--config", type=Path, required=True, help="the TOML settings")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here when ready")
+    if workers_option:
+        parser.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    options: dict[str, object] = {"port_file": args.port_file}
+    if workers_option:
+        options["workers"] = args.workers
+    try:
+        serve(args.config, **options)
+    except ConfigError as exc:
+        log.error("%s", exc.detail)  # noqa: TRY400 - a config error needs no traceback
+        sys.exit(2)
+    except PatientKeyError as exc:
+        log.error("cannot start: %s", exc.detail)  # noqa: TRY400 - e.g. a wrong passphrase
+        sys.exit(1)
 
 
 def write_port_file(path: Path, port: int) -> None:
