@@ -86,6 +86,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from patientkey.errors import InvalidInput, PatientKeyError
+from patientkey.protocol.routes import PING
 
 __all__ = [
     "OPERATIONS",
@@ -215,7 +216,7 @@ class _Actor:
         self.cold_fetch()
 
     def bare(self) -> None:
-        response = self.ping_client.get("/v1/ping")
+        response = self.ping_client.get(PING)
         if response.status_code != 200:
             raise RuntimeError(f"ping answered {response.status_code}")
 

@@ -39,6 +39,12 @@ from patientkey.protocol.messages import (
     RotateCommit,
     RotatePrepare,
 )
+from patientkey.protocol.routes import (
+    HIS_BIND_VERIFY,
+    HIS_RECORD_GET,
+    HIS_ROTATE_COMMIT,
+    HIS_ROTATE_PREPARE,
+)
 from patientkey.service.http import BodyLimit, envelope_route, install_problem_handlers
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -81,7 +87,7 @@ def create_app(
     install_problem_handlers(app)
     envelope_route(
         app,
-        "/v1/bind/verify",
+        HIS_BIND_VERIFY,
         hop=hop,
         expected=BindVerify,
         handler=_from(platform, core.bind_verify),
@@ -90,7 +96,7 @@ def create_app(
     )
     envelope_route(
         app,
-        "/v1/rotate/prepare",
+        HIS_ROTATE_PREPARE,
         hop=hop,
         expected=RotatePrepare,
         handler=_from(platform, core.rotate_prepare),
@@ -99,7 +105,7 @@ def create_app(
     )
     envelope_route(
         app,
-        "/v1/rotate/commit",
+        HIS_ROTATE_COMMIT,
         hop=hop,
         expected=RotateCommit,
         handler=_from(platform, core.rotate_commit),
@@ -108,7 +114,7 @@ def create_app(
     )
     envelope_route(
         app,
-        "/v1/records/get",
+        HIS_RECORD_GET,
         hop=hop,
         expected=RecordRequest,
         handler=_from(platform, core.record_request),

@@ -88,10 +88,10 @@ from patientkey.protocol.messages import (
     RotateCommit,
     RotatePrepare,
 )
+from patientkey.protocol.routes import RECORDS_ANNOUNCE
 from patientkey.storage.repos import HospitalRepository, KeyVersion, NewRecord, Store
 
 __all__ = [
-    "ANNOUNCE_PATH",
     "DENIED",
     "MAX_DELIVERABLE_BODY",
     "NOT_FOUND",
@@ -106,7 +106,6 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-ANNOUNCE_PATH: Final = "/v1/records/announce"
 DENIED: Final = "unknown patient, or the key proof does not verify"
 NOT_FOUND: Final = "record not found"
 KUH_LEN: Final = 32
@@ -315,7 +314,7 @@ class HospitalCore:
                         "records": [{"p_id": r.p_id, "record_type": r.record_type} for r in chunk],
                     }
                 )
-                self._platform.call(ANNOUNCE_PATH, announce, RecordList)
+                self._platform.call(RECORDS_ANNOUNCE, announce, RecordList)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, len(imported))

@@ -49,6 +49,20 @@ from patientkey.protocol.messages import (
     ShareReceipt,
     ShareRequest,
 )
+from patientkey.protocol.routes import (
+    BIND,
+    DISPENSE,
+    PING,
+    PQ_EXCHANGE,
+    PQ_PUBLIC,
+    RECORDS_ANNOUNCE,
+    RECORDS_FETCH,
+    RECORDS_LIST,
+    ROTATE_COMMIT,
+    ROTATE_PREPARE,
+    SHARE_DELIVER,
+    SHARE_OFFER,
+)
 from patientkey.service.http import (
     PROBLEM_JSON,
     BodyLimit,
@@ -125,31 +139,29 @@ def create_app(
             app, path, hop=hop, expected=expected, handler=handler, reply=reply, summary=summary
         )
 
-    route("/v1/bind", BindRequest, BindReply, core.bind, "Bind the account to a HIS patient")
+    route(BIND, BindRequest, BindReply, core.bind, "Bind the account to a HIS patient")
+    route(ROTATE_PREPARE, RotatePrepare, RotateAck, core.rotate_prepare, "Rotate KUH: prepare")
+    route(ROTATE_COMMIT, RotateCommit, RotateAck, core.rotate_commit, "Rotate KUH: commit")
     route(
-        "/v1/rotate/prepare", RotatePrepare, RotateAck, core.rotate_prepare, "Rotate KUH: prepare"
-    )
-    route("/v1/rotate/commit", RotateCommit, RotateAck, core.rotate_commit, "Rotate KUH: commit")
-    route(
-        "/v1/records/announce",
+        RECORDS_ANNOUNCE,
         RecordsAnnounce,
         RecordList,
         core.announce,
         "A hospital announces records (metadata only)",
     )
-    route("/v1/records/list", ListRequest, RecordList, core.list_records, "List my records")
-    route("/v1/records/fetch", FetchRequest, RecordReply, core.fetch, "Fetch a sealed record")
-    route("/v1/share/offer", ShareRequest, ShareOffer, core.share_offer, "Start a share")
+    route(RECORDS_LIST, ListRequest, RecordList, core.list_records, "List my records")
+    route(RECORDS_FETCH, FetchRequest, RecordReply, core.fetch, "Fetch a sealed record")
+    route(SHARE_OFFER, ShareRequest, ShareOffer, core.share_offer, "Start a share")
     route(
-        "/v1/share/deliver",
+        SHARE_DELIVER,
         ShareDelivery,
         ShareReceipt,
         core.share_deliver,
         "Deliver a re-sealed record to a third party",
     )
-    route("/v1/dispense", DispenseRequest, DispenseState, core.dispense, "Claim/complete/release")
+    route(DISPENSE, DispenseRequest, DispenseState, core.dispense, "Claim/complete/release")
 
-    @app.get("/v1/ping", summary="Liveness (no database, no crypto)")
+    @app.get(PING, summary="Liveness (no database, no crypto)")
     async def ping() -> Response:
         return Response(_PING, media_type="application/json")
 
@@ -171,12 +183,12 @@ def _pq_routes(app: FastAPI, core: PlatformCore, pq: PqExchanges) -> None:
         )
     }
 
-    @app.get("/v1/pq/public", summary="The platform's ML-KEM-768 + X25519 public key")
+    @app.get(PQ_PUBLIC, summary="The platform's ML-KEM-768 + X25519 public key")
     async def pq_public() -> PqPublic:
         return public
 
     @app.post(
-        "/v1/pq/exchange",
+        PQ_EXCHANGE,
         summary="Answer a wallet's post-quantum key exchange",
         responses=problems,
     )

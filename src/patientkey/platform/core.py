@@ -82,31 +82,26 @@ from patientkey.protocol.messages import (
     ShareRelay,
     ShareRequest,
 )
+from patientkey.protocol.routes import (
+    HIS_BIND_VERIFY,
+    HIS_RECORD_GET,
+    HIS_ROTATE_COMMIT,
+    HIS_ROTATE_PREPARE,
+    TP_SHARE_RECEIVE,
+)
 from patientkey.protocol.states import Dispense, DispenseEvent, dispense_next
 from patientkey.storage.repos import Dispense as StoredClaim
 from patientkey.storage.repos import PlatformRecord, PlatformRepository, Store, ThirdParty
 from patientkey.storage.schema import DispenseState as StoredDispense
 
 __all__ = [
-    "HIS_BIND_VERIFY",
-    "HIS_RECORD_GET",
-    "HIS_ROTATE_COMMIT",
-    "HIS_ROTATE_PREPARE",
     "NOT_YOURS",
-    "TP_SHARE_RECEIVE",
     "BindLimits",
     "PeerPort",
     "PlatformCore",
 ]
 
 M = TypeVar("M", bound=Message)
-
-# The peers' routes (protocol.md, "Operations").
-HIS_BIND_VERIFY: Final = "/v1/bind/verify"
-HIS_ROTATE_PREPARE: Final = "/v1/rotate/prepare"
-HIS_ROTATE_COMMIT: Final = "/v1/rotate/commit"
-HIS_RECORD_GET: Final = "/v1/records/get"
-TP_SHARE_RECEIVE: Final = "/v1/share/receive"
 
 #: One text for "not yours" and "absent" (protocol.md, fetch step 2): no oracle.
 NOT_YOURS: Final = "no such record for this account"

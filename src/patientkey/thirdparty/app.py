@@ -20,6 +20,7 @@ from patientkey.crypto import MAX_TOKEN_BYTES
 from patientkey.errors import Forbidden
 from patientkey.protocol.channel import HopEnd, Incoming
 from patientkey.protocol.messages import ShareReceipt, ShareRelay
+from patientkey.protocol.routes import TP_SHARE_RECEIVE
 from patientkey.service.http import BodyLimit, envelope_route, install_problem_handlers
 from patientkey.thirdparty.core import ThirdPartyCore
 
@@ -56,7 +57,7 @@ def create_app(
 
     envelope_route(
         app,
-        "/v1/share/receive",
+        TP_SHARE_RECEIVE,
         hop=hop,
         expected=ShareRelay,
         handler=receive,

@@ -68,12 +68,12 @@ from patientkey.protocol.messages import (
     ShareReceipt,
     ShareRelay,
 )
+from patientkey.protocol.routes import DISPENSE
 from patientkey.storage.repos import CLAIM_TRANSITIONS, Store, ThirdPartyRepository
 from patientkey.storage.schema import ClaimState
 from patientkey.thirdparty.settings import ThirdPartyKeys
 
 __all__ = [
-    "DISPENSE_PATH",
     "NOT_RECEIVED",
     "DispenseAction",
     "OpenedRecord",
@@ -86,7 +86,6 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-DISPENSE_PATH: Final = "/v1/dispense"
 NOT_RECEIVED: Final = "no such received record"
 MAX_KUB_VERSION: Final = 2**31 - 1
 DispenseAction = Literal["claim", "complete", "release"]
@@ -306,7 +305,7 @@ class ThirdPartyCore:
                 claim = ClaimState.PENDING
         request = DispenseRequest(b_id=self.b_id, his_id=his_id, p_id=p_id, action=action)
         try:
-            state = self._platform.call(DISPENSE_PATH, request, DispenseState)
+            state = self._platform.call(DISPENSE, request, DispenseState)
         except Conflict:
             if claim is ClaimState.PENDING:  # our claim was refused: another holds it
                 self._move_claim(his_id, p_id, ClaimState.RELEASED)

@@ -25,6 +25,7 @@ from patientkey.keysupply.pq import PQ_PUBLIC_LEN
 from patientkey.pki import client_ssl_context
 from patientkey.protocol.channel import HopEnd
 from patientkey.protocol.messages import Message
+from patientkey.protocol.routes import PQ_EXCHANGE, PQ_PUBLIC
 from patientkey.service.client import PeerClient, error_from_response
 from patientkey.wallet.core import WalletCore, wallet_hop
 from patientkey.wallet.settings import WalletSettings
@@ -38,11 +39,9 @@ from patientkey.wallet.store import (
 )
 from patientkey.wallet.trust import ThirdPartyTrust
 
-__all__ = ["PQ_EXCHANGE", "PQ_PUBLIC", "PlatformClient", "open_wallet"]
+__all__ = ["PlatformClient", "open_wallet"]
 
 M = TypeVar("M", bound=Message)
-PQ_PUBLIC = "/v1/pq/public"
-PQ_EXCHANGE = "/v1/pq/exchange"
 _MAX_JSON = 64 * 1024
 _EXCHANGE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 

@@ -88,6 +88,15 @@ from patientkey.protocol.messages import (
     ShareReceipt,
     ShareRequest,
 )
+from patientkey.protocol.routes import (
+    BIND,
+    RECORDS_FETCH,
+    RECORDS_LIST,
+    ROTATE_COMMIT,
+    ROTATE_PREPARE,
+    SHARE_DELIVER,
+    SHARE_OFFER,
+)
 from patientkey.protocol.states import Rotation, RotationEvent, rotation_next
 from patientkey.wallet.hop import PoolSupply, PqPort, WalletHop
 from patientkey.wallet.store import (
@@ -118,15 +127,6 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 B = TypeVar("B", bound=BaseModel)
-
-# Routes of docs/protocol.md (all on the platform).
-BIND: Final = "/v1/bind"
-ROTATE_PREPARE: Final = "/v1/rotate/prepare"
-ROTATE_COMMIT: Final = "/v1/rotate/commit"
-LIST: Final = "/v1/records/list"
-FETCH: Final = "/v1/records/fetch"
-SHARE_OFFER: Final = "/v1/share/offer"
-SHARE_DELIVER: Final = "/v1/share/deliver"
 
 #: docs/protocol.md names no reply for RotateCommit; the HIS answers with the
 #: RotateAck of the version it now holds as current.
@@ -619,7 +619,7 @@ class WalletCore:
     def list_records(self) -> RecordList:
         """Every record of the wallet's bindings, with fetch and dispense state."""
         self._contact()
-        return self._call(LIST, ListRequest(user_id=self.user_id), RecordList)
+        return self._call(RECORDS_LIST, ListRequest(user_id=self.user_id), RecordList)
 
     def record_status(self, his_id: str, p_id: str) -> RecordEntry:
         """The platform's entry for one record (dispense state, shares)."""
@@ -633,7 +633,7 @@ class WalletCore:
         self._contact()
         h = self._hospital(his_id)
         reply = self._call(
-            FETCH, FetchRequest(user_id=self.user_id, his_id=his_id, p_id=p_id), RecordReply
+            RECORDS_FETCH, FetchRequest(user_id=self.user_id, his_id=his_id, p_id=p_id), RecordReply
         )
         if (reply.his_id, reply.p_id) != (his_id, p_id):
             raise _refuse("fetch: reply for another record")
