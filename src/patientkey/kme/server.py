@@ -6,16 +6,8 @@ server presents ``server_name``'s certificate and *requires* a client
 certificate issued by the dev CA (``CERT_REQUIRED``); a client without one
 fails the handshake and never reaches the application.
 
-How the application learns the client certificate: uvicorn (checked on
-0.54, h11 and httptools protocols) does not fill the ASGI TLS extension
-(``scope["extensions"]["tls"]``, asgiref spec "TLS" 0.2; uvicorn issue #1118).
-:class:`MutualTLSH11Protocol` subclasses uvicorn's h11 protocol: when a
-connection is made — after the handshake, so the peer certificate is final
-and verified — it reads the DER certificate from the transport's
-``ssl_object`` and wraps the ASGI app for that connection so every request
-scope carries ``extensions["tls"]`` with ``client_cert_chain`` (PEM), as the
-spec defines. The app reads only that standard extension, so it would run
-unchanged under a server that fills it natively.
+The caller's SAE_ID is its client certificate's CN, read from the ASGI TLS
+extension that ``patientkey.service.tls`` fills under uvicorn.
 
 ``python -m patientkey.kme.server --config FILE [--port-file PATH]`` is the
 same as ``serve``; :class:`KmeProcess` starts that in a subprocess and waits
@@ -40,10 +32,9 @@ from patientkey.kme.config import KmeSettings, load_config
 from patientkey.kme.links import KmeRuntime
 from patientkey.pki import PartyFiles, party_files
 from patientkey.service.process import PartyProcess, server_main, write_port_file
-from patientkey.service.tls import MutualTLSH11Protocol, tls_extension
 from patientkey.service.tls import build_server as build_tls_server
 
-__all__ = ["KmeProcess", "MutualTLSH11Protocol", "build_server", "main", "serve", "tls_extension"]
+__all__ = ["KmeProcess", "build_server", "main", "serve"]
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 from typing import Any
@@ -105,9 +106,15 @@ def caller_name(request: Request) -> str:
     if not chain:
         raise Unauthenticated("a client certificate is required")
     try:
-        return peer_name_from_cert(chain[0])
+        return _name_of(chain[0])
     except InvalidInput as exc:
         raise Unauthenticated("client certificate carries no usable name") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_of(certificate_pem: str) -> str:
+    # Every request of a connection carries the same verified certificate: parse it once.
+    return peer_name_from_cert(certificate_pem)
 
 
 def build_server(
