@@ -49,7 +49,7 @@ from patientkey.keysupply.pq import PqResponder, PqSecrets
 from patientkey.keysupply.rekey import HopReceiver, HopSender, RekeyPolicy
 from patientkey.pki import valid_party_name
 from patientkey.protocol.channel import HopEnd
-from patientkey.service.party import hop_context
+from patientkey.service.party import hop_context, qkd_hop_end
 from patientkey.storage.repos import KueKey, PlatformRepository, Store
 from patientkey.storage.schema import KueDirection
 
@@ -406,22 +406,16 @@ def platform_hop_end(
     peer_factory: Callable[[str], tuple[HopSender, HopReceiver] | None] | None,
     prefetch: int = 1,
 ) -> HopEnd:
-    """The platform's hop end: QKD hops to ``peers``, wallet hops made by ``peer_factory``.
-
-    As :func:`patientkey.service.party.qkd_hop_end`, plus the factory for wallets.
-    """
-    senders: dict[str, HopSender] = {}
-    receivers: dict[str, HopReceiver] = {}
-    for peer in peers:
-        context = hop_context(me, peer)
-        senders[peer] = HopSender(
-            peer=peer, context=context, supply=supply, policy=policy, rekey=rekey, prefetch=prefetch
-        )
-        receivers[peer] = NotingReceiver(peer=peer, context=context, supply=supply, policy=policy)
-    return HopEnd(
+    """The platform's hop end: QKD hops to ``peers`` over receivers that note the key
+    each message used, wallet hops made by ``peer_factory``."""
+    return qkd_hop_end(
         me,
-        senders=senders,
-        receivers=receivers,
+        peers,
+        supply,
+        policy=policy,
+        rekey=rekey,
         replay_cache=replay_cache,
+        prefetch=prefetch,
+        receiver=NotingReceiver,
         peer_factory=peer_factory,
     )

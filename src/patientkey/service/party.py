@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -143,9 +143,16 @@ def qkd_hop_end(
     policy: QkdPolicy = QkdPolicy.REQUIRED,
     rekey: RekeyPolicy | None = None,
     replay_cache_entries: int = 2_000_000,
+    replay_cache: ReplayCache | None = None,
     prefetch: int = 1,
+    receiver: type[HopReceiver] = HopReceiver,
+    peer_factory: Callable[[str], tuple[HopSender, HopReceiver] | None] | None = None,
 ) -> HopEnd:
-    """``me``'s hop end towards each of ``peers`` over one key supply."""
+    """``me``'s hop end towards each of ``peers`` over one key supply.
+
+    ``receiver`` and ``peer_factory`` let a party refine how keys are resolved and add
+    peers met at run time (the platform: wallets, each over its own pre-charged pool).
+    """
     senders: dict[str, HopSender] = {}
     receivers: dict[str, HopReceiver] = {}
     for peer in peers:
@@ -153,10 +160,13 @@ def qkd_hop_end(
         senders[peer] = HopSender(
             peer=peer, context=context, supply=supply, policy=policy, rekey=rekey, prefetch=prefetch
         )
-        receivers[peer] = HopReceiver(peer=peer, context=context, supply=supply, policy=policy)
+        receivers[peer] = receiver(peer=peer, context=context, supply=supply, policy=policy)
     return HopEnd(
         me,
         senders=senders,
         receivers=receivers,
-        replay_cache=ReplayCache(max_entries=replay_cache_entries),
+        replay_cache=(
+            replay_cache if replay_cache is not None else ReplayCache(replay_cache_entries)
+        ),
+        peer_factory=peer_factory,
     )
