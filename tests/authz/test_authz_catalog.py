@@ -180,7 +180,7 @@ def test_proofs_reach_an_assurance_level(catalog, proofs, level):
 def test_methods_describe_themselves(catalog):
     """The wallet can say what a level takes."""
     assert catalog.method(AssuranceLevel.HIGH).describe() == (
-        "high: 2 distinct proofs including device_signature"
+        "high: 2 factors including device_signature"
     )
     assert catalog.method(AssuranceLevel.LOW).acr == "http://eidas.europa.eu/LoA/low"
     assert level_of_acr("http://eidas.europa.eu/LoA/high") is AssuranceLevel.HIGH

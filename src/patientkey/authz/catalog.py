@@ -12,8 +12,10 @@ and an *authorization method*. Here:
 * the **method** is the identity proofs the patient must give: an assurance level
   (eIDAS names: low, substantial, high; acr values are the eIDAS LoA URIs) mapped to a
   combination of proof kinds — by default low: password; substantial: two factors;
-  high: device signature plus a second factor. Factors are counted as distinct proof
-  kinds; a level met also meets every lower level.
+  high: device signature plus a second factor. Factors are counted by
+  :func:`patientkey.identity.assurance.factor_count` (one per proof kind, two for
+  WebAuthn); a level met also meets every lower level. The proof kinds, levels and acr
+  values are :mod:`patientkey.identity.assurance`'s; the rules are here only.
 
 Step-up (RFC 9470)
 ------------------
@@ -41,10 +43,9 @@ import functools
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -59,9 +60,9 @@ from patientkey.authz.rar import (
     RecordTypes,
 )
 from patientkey.errors import ConfigError
+from patientkey.identity.assurance import AssuranceLevel, ProofKind, factor_count, level_of_acr
 
 __all__ = [
-    "ACR_PREFIX",
     "AssuranceLevel",
     "Catalog",
     "Decision",
@@ -78,50 +79,6 @@ __all__ = [
     "load_catalog",
     "step_up_required",
 ]
-
-ACR_PREFIX: Final = "http://eidas.europa.eu/LoA/"
-
-
-class AssuranceLevel(StrEnum):
-    LOW = "low"
-    SUBSTANTIAL = "substantial"
-    HIGH = "high"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    @property
-    def acr(self) -> str:
-        """The acr value (eIDAS LoA URI) a token carries for this level."""
-        return ACR_PREFIX + self.value
-
-    def at_least(self) -> tuple[AssuranceLevel, ...]:
-        """This level and every stronger one, weakest first (for acr_values)."""
-        return tuple(level for level in AssuranceLevel if level.rank >= self.rank)
-
-
-_RANK: Final = {AssuranceLevel.LOW: 1, AssuranceLevel.SUBSTANTIAL: 2, AssuranceLevel.HIGH: 3}
-
-
-def level_of_acr(acr: str | None) -> AssuranceLevel | None:
-    """The assurance level an acr value names, or None for an unknown value."""
-    if acr is None or not acr.startswith(ACR_PREFIX):
-        return None
-    try:
-        return AssuranceLevel(acr.removeprefix(ACR_PREFIX))
-    except ValueError:
-        return None
-
-
-class ProofKind(StrEnum):
-    PASSWORD = "password"  # noqa: S105 - a proof kind's name, not a secret (Argon2id)
-    TOTP = "totp"  # RFC 6238
-    OTP_SMS = "otp_sms"  # one-time code through the SMS gateway
-    OTP_EMAIL = "otp_email"  # one-time code through the email gateway
-    DEVICE_SIGNATURE = "device_signature"  # enrolled device key signs details + nonce
-    X509_SIGNATURE = "x509_signature"  # X.509 certificate signature
-    WEBAUTHN = "webauthn"  # passkey (with the wallet UI issue)
 
 
 class _Frozen(BaseModel):
@@ -140,12 +97,14 @@ class Method(_Frozen):
         return self.level.acr
 
     def satisfied_by(self, proofs: Iterable[ProofKind]) -> bool:
-        kinds = set(proofs)
-        return len(kinds) >= self.min_factors and (not self.one_of or bool(kinds & self.one_of))
+        kinds = frozenset(proofs)
+        return factor_count(kinds) >= self.min_factors and (
+            not self.one_of or bool(kinds & self.one_of)
+        )
 
     def describe(self) -> str:
         """A sentence for the wallet: what the patient has to give."""
-        need = f"{self.min_factors} distinct proof{'s' if self.min_factors > 1 else ''}"
+        need = f"{self.min_factors} factor{'s' if self.min_factors > 1 else ''}"
         if self.one_of:
             need += " including " + " or ".join(sorted(self.one_of))
         return f"{self.level.value}: {need}"

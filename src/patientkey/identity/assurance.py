@@ -1,13 +1,12 @@
-"""Assurance levels and the combinations of identity proofs that reach them.
+"""The vocabulary of identity assurance: proof kinds, factors, levels and their acr/amr.
 
 The three levels are those of eIDAS (Regulation (EU) No 910/2014, Art. 8;
 Implementing Regulation (EU) 2015/1502), and ``acr`` carries their URIs, as
-eIDAS nodes and OpenID Connect providers in the EU send them::
+eIDAS nodes and OpenID Connect providers in the EU send them.
 
-    level        acr                                       reached by
-    low          http://eidas.europa.eu/LoA/low            any one proof (a password, typically)
-    substantial  http://eidas.europa.eu/LoA/substantial    two factors
-    high         http://eidas.europa.eu/LoA/high           the device signature and a second factor
+Which combinations of proofs reach which level is a deployment's choice and
+lives in one place, the scenario catalog (:class:`patientkey.authz.catalog.Method`:
+``min_factors`` and ``one_of``); this module only counts factors.
 
 Counting factors: each *kind* of proof is one factor — two proofs of one
 kind are one — except WebAuthn, whose user-verifying authenticator proves
@@ -21,9 +20,7 @@ are independent secrets on independent channels even though both are
 "possession". :data:`FACTOR_CATEGORIES` records each kind's categories for a
 deployment that wants the stricter rule.
 
-Levels are ordered (``LOW < SUBSTANTIAL < HIGH`` by rank, not by spelling),
-every rule is monotone — more proofs never lower the level — and reaching a
-level means reaching every level below it.
+Levels are ordered (``LOW < SUBSTANTIAL < HIGH`` by rank, not by spelling).
 """
 
 from __future__ import annotations
@@ -42,12 +39,11 @@ __all__ = [
     "AssuranceLevel",
     "FactorCategory",
     "ProofKind",
-    "achieved_level",
     "acr_for",
     "amr_for",
     "factor_count",
     "level_for_acr",
-    "satisfies",
+    "level_of_acr",
 ]
 
 
@@ -80,6 +76,15 @@ class AssuranceLevel(StrEnum):
     @property
     def rank(self) -> int:
         return _RANK[self]
+
+    @property
+    def acr(self) -> str:
+        """The acr value (eIDAS LoA URI) a token carries for this level."""
+        return ACR_VALUES[self]
+
+    def at_least(self) -> tuple[AssuranceLevel, ...]:
+        """This level and every stronger one, weakest first (for acr_values)."""
+        return tuple(level for level in AssuranceLevel if level.rank >= self.rank)
 
     # Comparing with a plain string would fall back to str order: refuse it instead.
     def __lt__(self, other: str) -> bool:
@@ -150,27 +155,6 @@ def factor_count(proofs: Iterable[ProofKind]) -> int:
     return sum(len(FACTOR_CATEGORIES[kind]) for kind in _kinds(proofs))
 
 
-def achieved_level(proofs: Iterable[ProofKind]) -> AssuranceLevel | None:
-    """The highest level ``proofs`` reach, or None for no proof at all."""
-    kinds = _kinds(proofs)
-    factors = factor_count(kinds)
-    if factors >= 2 and ProofKind.DEVICE_SIGNATURE in kinds:
-        return AssuranceLevel.HIGH
-    if factors >= 2:
-        return AssuranceLevel.SUBSTANTIAL
-    if factors >= 1:
-        return AssuranceLevel.LOW
-    return None
-
-
-def satisfies(level: AssuranceLevel, proofs: Iterable[ProofKind]) -> bool:
-    """Whether ``proofs`` reach ``level`` (or a higher one)."""
-    if not isinstance(level, AssuranceLevel):
-        raise InvalidInput("unknown assurance level")
-    reached = achieved_level(proofs)
-    return reached is not None and reached >= level
-
-
 def acr_for(level: AssuranceLevel) -> str:
     """The ``acr`` claim value of ``level``."""
     if not isinstance(level, AssuranceLevel):
@@ -184,6 +168,11 @@ def level_for_acr(acr: str) -> AssuranceLevel:
     if level is None:
         raise InvalidInput("unknown acr value")
     return level
+
+
+def level_of_acr(acr: str | None) -> AssuranceLevel | None:
+    """The level an acr value names, or None for an absent or unknown value."""
+    return _LEVEL_BY_ACR.get(acr) if isinstance(acr, str) else None
 
 
 def amr_for(proofs: Iterable[ProofKind]) -> list[str]:
