@@ -12,12 +12,12 @@ RFC 7523) happens in the HTTP adapter; the core receives the authenticated clien
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Literal
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
 from patientkey.errors import ConfigError
 
-__all__ = ["CIBA_GRANT_TYPE", "ClientInfo", "DeliveryMode"]
+__all__ = ["CIBA_GRANT_TYPE", "ClientInfo", "DeliveryMode", "RegisteredClient"]
 
 CIBA_GRANT_TYPE: Final = "urn:openid:params:grant-type:ciba"
 
@@ -46,3 +46,16 @@ class ClientInfo:
     @property
     def uses_ciba(self) -> bool:
         return CIBA_GRANT_TYPE in self.grant_types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisteredClient:
+    """A client as registered: what the core sees, and the public keys its
+    ``private_key_jwt`` assertions are checked with (RFC 7591 ``jwks``, RFC 7517)."""
+
+    info: ClientInfo
+    jwks: dict[str, Any] = field(hash=False)
+
+    @property
+    def client_id(self) -> str:
+        return self.info.client_id
