@@ -27,8 +27,26 @@ ShareRequest / ShareOffer wallet ↔ platform   ciphertext + third party's HPKE 
 ShareDelivery             wallet → platform   the record + one entry for B, next KUB wrapped
 ShareRelay                platform → third    the sealed record with that entry
 ShareReceipt              third → … → wallet  which KUB version it now holds
-DispenseRequest           third → platform    claim / complete / release
+DispenseRequest           third → platform    claim / complete / release (+ access token)
 DispenseState             platform → third    the state after it
+GrantedFetch              third → platform    a granted record's sealed copy (+ token)
+GrantedRecord             platform → third    that copy (ciphertext for the third party)
+========================  ==================  =========================================
+
+Patient-approved authorization (DESIGN.md seed 1; docs/protocol.md "Authorization"):
+the app's side is standard OAuth/CIBA over HTTPS; the patient's side travels in hop
+envelopes like every other wallet message:
+
+========================  ==================  =========================================
+IdentityEnroll            wallet → platform   set password, device key, TOTP, contacts
+IdentityState             platform → wallet   enrolled proof kinds (+ TOTP URI once)
+InboxRequest / Inbox      wallet ↔ platform   pending requests (long poll): who, what,
+                                              why, how long, which proofs, the nonce
+OtpSend / OtpSent         wallet ↔ platform   send a one-time code by SMS or email
+AuthzDecision             wallet → platform   approve (all or part, with proofs) or deny
+AuthzOutcome              platform → wallet   the grant (or the denial)
+GrantsRequest / GrantList wallet ↔ platform   the patient's grants
+GrantRevoke               wallet → platform   revoke one (answered with GrantList)
 ========================  ==================  =========================================
 """
 
@@ -36,7 +54,7 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 from pydantic.functional_validators import BeforeValidator
@@ -45,16 +63,36 @@ from patientkey.errors import InvalidInput, PayloadTooLarge
 
 __all__ = [
     "MESSAGE_TYPES",
+    "AccessToken",
+    "AuthzDecision",
+    "AuthzOutcome",
     "B64Bytes",
     "BindReply",
     "BindRequest",
     "BindVerify",
+    "Details",
     "DispenseRequest",
     "DispenseState",
+    "Environment",
     "FetchRequest",
+    "GrantList",
+    "GrantRevoke",
+    "GrantView",
+    "GrantedFetch",
+    "GrantedRecord",
+    "GrantsRequest",
     "Ident",
+    "IdentityEnroll",
+    "IdentityState",
+    "Inbox",
+    "InboxRequest",
     "ListRequest",
     "Message",
+    "OtpSend",
+    "OtpSent",
+    "PendingMethod",
+    "PendingRequest",
+    "Proofs",
     "RecordEntry",
     "RecordList",
     "RecordReply",
@@ -279,12 +317,35 @@ class ShareReceipt(Message):
     reason: Literal["ok", "kub-unknown", "completed"] = "ok"
 
 
+# An RFC 9068 access token (compact JWS); the platform verifies it and the live grant.
+AccessToken = Annotated[str, Field(min_length=16, max_length=16_384, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class DispenseRequest(Message):
     MTYPE = "dispense.request"
     b_id: Ident
     his_id: Ident
     p_id: Ident
     action: Literal["claim", "complete", "release"]
+    access_token: AccessToken | None = None  # required once the platform enforces grants
+
+
+class GrantedFetch(Message):
+    MTYPE = "granted.fetch"
+    b_id: Ident
+    user_id: Ident
+    his_id: Ident
+    p_id: Ident
+    access_token: AccessToken
+
+
+class GrantedRecord(Message):
+    MTYPE = "granted.record"
+    his_id: Ident
+    p_id: Ident
+    kind: Literal["hpke", "kub"]
+    kub_version: int = Field(ge=0, le=2**31)
+    sealed: B64Bytes = Field(min_length=1)
 
 
 class DispenseState(Message):
@@ -293,6 +354,152 @@ class DispenseState(Message):
     p_id: Ident
     state: Literal["open", "claimed", "completed"]
     claimed_by: Ident | None = None
+
+
+# ── patient-approved authorization (wallet ↔ platform) ──────────────────────────
+
+Details = Annotated[list[dict[str, Any]], Field(min_length=1, max_length=32)]
+"""RFC 9396 ``authorization_details`` as JSON; the platform parses them (authz.rar)."""
+ProofKindName = Literal[
+    "password", "totp", "otp_sms", "otp_email", "device_signature", "x509_signature", "webauthn"
+]
+
+
+class Environment(Message):
+    """What the wallet says about where it runs; with the network the platform sees,
+    a change triggers step-up (RFC 9470; DESIGN.md "login environment changed")."""
+
+    user_agent: str = Field(min_length=1, max_length=256)
+    device: Ident  # an install id the wallet keeps
+
+
+class IdentityEnroll(Message):
+    MTYPE = "identity.enroll"
+    user_id: Ident
+    environment: Environment
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    current_password: str | None = Field(default=None, max_length=1024)
+    device_key_pem: str | None = Field(default=None, max_length=8192)
+    certificate_pem: str | None = Field(default=None, max_length=16_384)
+    totp: bool = False  # ask for a (new) TOTP secret
+    sms: str | None = Field(default=None, max_length=32)
+    email: str | None = Field(default=None, max_length=254)
+
+
+class IdentityState(Message):
+    MTYPE = "identity.state"
+    user_id: Ident
+    proofs: list[ProofKindName] = Field(max_length=16)
+    device_key_ids: list[str] = Field(default_factory=list, max_length=64)
+    totp_uri: str | None = Field(default=None, max_length=1024)  # only right after enrolling
+
+
+class InboxRequest(Message):
+    MTYPE = "authz.inbox"
+    user_id: Ident
+    wait: int = Field(default=0, ge=0, le=30)  # long poll: seconds to wait for a request
+
+
+class PendingMethod(Message):
+    acr: str = Field(max_length=128)
+    min_factors: int = Field(ge=1, le=16)
+    one_of: list[ProofKindName] = Field(default_factory=list, max_length=16)
+    description: str = Field(max_length=512)
+
+
+class PendingRequest(Message):
+    request_id: Ident
+    client_id: Ident
+    client_name: str = Field(max_length=256)
+    scenario: Ident
+    purpose: str = Field(max_length=512)
+    binding_message: str | None = Field(default=None, max_length=256)
+    authorization_details: Details
+    method: PendingMethod
+    expires_at: int
+    nonce: B64Bytes = Field(min_length=32, max_length=32)  # the device/X.509 signatures cover it
+
+
+class Inbox(Message):
+    MTYPE = "authz.pending"
+    requests: list[PendingRequest] = Field(max_length=1000)
+
+
+class OtpSend(Message):
+    MTYPE = "otp.send"
+    user_id: Ident
+    request_id: Ident
+    channel: Literal["sms", "email"]
+
+
+class OtpSent(Message):
+    MTYPE = "otp.sent"
+    challenge_id: str = Field(min_length=1, max_length=64)
+    channel: Literal["sms", "email"]
+    expires_at: int
+
+
+class Proofs(Message):
+    """The identity proofs of one decision; each present field is one proof."""
+
+    password: str | None = Field(default=None, max_length=1024)
+    totp: str | None = Field(default=None, max_length=16)
+    otp_challenge_id: str | None = Field(default=None, max_length=64)
+    otp_code: str | None = Field(default=None, max_length=16)
+    device_key_id: str | None = Field(default=None, max_length=64)
+    device_signature: B64Bytes | None = Field(default=None, max_length=8192)
+    certificate_chain_pem: str | None = Field(default=None, max_length=32_768)
+    x509_signature: B64Bytes | None = Field(default=None, max_length=1024)
+
+
+class AuthzDecision(Message):
+    MTYPE = "authz.decide"
+    user_id: Ident
+    request_id: Ident
+    decision: Literal["approve", "deny"]
+    environment: Environment
+    # The approved subset (RFC 9396 narrowing); None approves everything asked.
+    authorization_details: Details | None = None
+    proofs: Proofs = Proofs()
+
+
+class AuthzOutcome(Message):
+    MTYPE = "authz.outcome"
+    request_id: Ident
+    state: Literal["approved", "denied"]
+    grant_id: Ident | None = None
+    acr: str | None = Field(default=None, max_length=128)
+    authorization_details: Details | None = None
+
+
+class GrantsRequest(Message):
+    MTYPE = "grants.list"
+    user_id: Ident
+
+
+class GrantView(Message):
+    grant_id: Ident
+    client_id: Ident
+    scenario: Ident
+    status: Literal["active", "revoked", "expired"]
+    authorization_details: Details
+    acr: str = Field(max_length=128)
+    proofs: list[ProofKindName] = Field(max_length=16)
+    created_at: int
+    expires_at: int
+    revoked_at: int | None = None
+    revoked_by: Literal["patient", "client"] | None = None
+
+
+class GrantList(Message):
+    MTYPE = "grants.listed"
+    grants: list[GrantView] = Field(max_length=100_000)
+
+
+class GrantRevoke(Message):
+    MTYPE = "grants.revoke"
+    user_id: Ident
+    grant_id: Ident
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -317,6 +524,19 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ShareReceipt,
         DispenseRequest,
         DispenseState,
+        GrantedFetch,
+        GrantedRecord,
+        IdentityEnroll,
+        IdentityState,
+        InboxRequest,
+        Inbox,
+        OtpSend,
+        OtpSent,
+        AuthzDecision,
+        AuthzOutcome,
+        GrantsRequest,
+        GrantList,
+        GrantRevoke,
     )
 }
 

@@ -6,12 +6,26 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "AUTHZ_DECIDE",
+    "AUTHZ_INBOX",
+    "AUTHZ_OTP",
     "BIND",
     "DISPENSE",
+    "GRANTED_FETCH",
+    "GRANTS_LIST",
+    "GRANTS_REVOKE",
     "HIS_BIND_VERIFY",
     "HIS_RECORD_GET",
     "HIS_ROTATE_COMMIT",
     "HIS_ROTATE_PREPARE",
+    "IDENTITY_ENROLL",
+    "OAUTH_BC_AUTHORIZE",
+    "OAUTH_INTROSPECT",
+    "OAUTH_JWKS",
+    "OAUTH_METADATA",
+    "OAUTH_REVOKE",
+    "OAUTH_TOKEN",
+    "OIDC_METADATA",
     "PING",
     "PQ_EXCHANGE",
     "PQ_PUBLIC",
@@ -36,6 +50,21 @@ SHARE_OFFER: Final = "/v1/share/offer"
 SHARE_DELIVER: Final = "/v1/share/deliver"
 DISPENSE: Final = "/v1/dispense"
 PING: Final = "/v1/ping"
+GRANTED_FETCH: Final = "/v1/granted/fetch"
+IDENTITY_ENROLL: Final = "/v1/identity/enroll"
+AUTHZ_INBOX: Final = "/v1/authz/inbox"
+AUTHZ_OTP: Final = "/v1/authz/otp"
+AUTHZ_DECIDE: Final = "/v1/authz/decide"
+GRANTS_LIST: Final = "/v1/grants/list"
+GRANTS_REVOKE: Final = "/v1/grants/revoke"
+# OAuth 2 / OpenID CIBA endpoints (plain HTTPS, client authentication private_key_jwt).
+OAUTH_METADATA: Final = "/.well-known/oauth-authorization-server"
+OIDC_METADATA: Final = "/.well-known/openid-configuration"
+OAUTH_JWKS: Final = "/jwks"
+OAUTH_BC_AUTHORIZE: Final = "/bc-authorize"
+OAUTH_TOKEN: Final = "/token"  # noqa: S105 - a path, not a secret
+OAUTH_INTROSPECT: Final = "/introspect"
+OAUTH_REVOKE: Final = "/revoke"
 PQ_PUBLIC: Final = "/v1/pq/public"
 PQ_EXCHANGE: Final = "/v1/pq/exchange"
 
