@@ -23,6 +23,7 @@ SHARED = (
     "fsutil",
     "identity",
     "authz",
+    "audit",
 )
 
 

@@ -201,3 +201,29 @@ def rx(
     except PatientKeyError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
         raise typer.Exit(2) from exc
+
+
+@app.command()
+def audit(
+    sizes: str = typer.Option(
+        "10000,100000,1000000", help="Log sizes (events) to measure at, comma-separated."
+    ),
+    samples: int = typer.Option(
+        200, min=1, max=100_000, help="Proofs generated and verified per size and kind."
+    ),
+    out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    seed: int = typer.Option(1, help="Seed of the random sample leaves and earlier sizes."),
+) -> None:
+    """Transparency log: events appended/s, inclusion and consistency proofs (µs, hashes).
+
+    The log grows to each size in turn; see patientkey.bench.audit.
+    """
+    from patientkey.bench.audit import AuditOptions, parse_sizes
+    from patientkey.bench.audit import run as run_audit
+    from patientkey.errors import PatientKeyError
+
+    try:
+        run_audit(AuditOptions(sizes=parse_sizes(sizes), samples=samples, json_out=out, seed=seed))
+    except PatientKeyError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
+        raise typer.Exit(2) from exc
