@@ -124,12 +124,19 @@ def init_pki(
     return out
 
 
-def server_ssl_context(source: Path | PartyFiles, name: str | None = None) -> ssl.SSLContext:
-    """A TLS server context that *requires* a client certificate from our CA (TLS >= 1.2)."""
+def server_ssl_context(
+    source: Path | PartyFiles, name: str | None = None, *, client_certificate_required: bool = True
+) -> ssl.SSLContext:
+    """A TLS server context that requires a client certificate from our CA (TLS >= 1.2).
+
+    ``client_certificate_required=False`` (the platform, whose OAuth endpoints serve apps
+    without a PatientKey certificate) still verifies any certificate presented; routes
+    that need one refuse a request without it (``service.tls.caller_name``).
+    """
     files = _resolve(source, name)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_REQUIRED if client_certificate_required else ssl.CERT_OPTIONAL
     # The peer identity is read once per connection; a TLS 1.2 renegotiation must
     # not swap the client certificate under it.
     ctx.options |= ssl.OP_NO_RENEGOTIATION

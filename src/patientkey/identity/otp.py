@@ -57,6 +57,7 @@ __all__ = [
     "OtpMessage",
     "OtpParams",
     "OtpStore",
+    "check_destination",
     "new_code",
 ]
 
@@ -152,7 +153,7 @@ def _lp(*parts: bytes) -> bytes:
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
-def _check_destination(channel: OtpChannel, destination: str) -> str:
+def check_destination(channel: OtpChannel, destination: str) -> str:
     if not isinstance(destination, str):
         raise InvalidInput("the destination must be text")
     if channel is OtpChannel.SMS and not _E164_RE.fullmatch(destination):
@@ -194,7 +195,7 @@ class OneTimeCodes:
         check_id(request_id, "request id")
         if not isinstance(channel, OtpChannel):
             raise InvalidInput("unsupported one-time code channel")
-        _check_destination(channel, destination)
+        check_destination(channel, destination)
         now = check_now(self._clock())
         code = new_code(self.params.digits)
         challenge_id = secrets.token_urlsafe(16)

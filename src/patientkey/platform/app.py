@@ -7,7 +7,14 @@ envelopes, and never carrying private data:
 
 * ``GET /v1/ping`` — liveness, no database, no crypto (the benchmark's bare rate);
 * ``GET /v1/pq/public`` and ``POST /v1/pq/exchange`` — the wallets' post-quantum
-  fallback, plain JSON over mutual TLS (``docs/protocol.md``).
+  fallback, plain JSON over mutual TLS (``docs/protocol.md``);
+* the OAuth 2 / OpenID CIBA endpoints of the authorization unit (``platform.oauth``):
+  discovery, JWKS, ``/bc-authorize``, ``/token``, ``/introspect``, ``/revoke`` — plain
+  HTTPS with ``private_key_jwt``, the one part of the API apps without a PatientKey
+  certificate reach.
+
+The patient's side of authorization (enrollment of proofs, the inbox, decisions,
+grants) travels in hop envelopes like every other wallet operation.
 
 Errors are RFC 9457 problem+json; bodies above ``max_body_bytes`` get 413 first.
 """
@@ -26,18 +33,31 @@ from starlette.concurrency import run_in_threadpool
 from patientkey import __version__
 from patientkey.errors import Forbidden
 from patientkey.keysupply.pq import PQ_INIT_LEN
+from patientkey.platform.authorization import AuthorizationServer
 from patientkey.platform.core import PlatformCore
 from patientkey.platform.kue import PqExchanges
+from patientkey.platform.oauth import install_oauth_routes
 from patientkey.protocol.channel import HopEnd, Incoming
 from patientkey.protocol.messages import (
+    AuthzDecision,
+    AuthzOutcome,
     B64Bytes,
     BindReply,
     BindRequest,
     DispenseRequest,
     DispenseState,
     FetchRequest,
+    GrantList,
+    GrantRevoke,
+    GrantsRequest,
+    IdentityEnroll,
+    IdentityState,
+    Inbox,
+    InboxRequest,
     ListRequest,
     Message,
+    OtpSend,
+    OtpSent,
     RecordList,
     RecordReply,
     RecordsAnnounce,
@@ -50,8 +70,14 @@ from patientkey.protocol.messages import (
     ShareRequest,
 )
 from patientkey.protocol.routes import (
+    AUTHZ_DECIDE,
+    AUTHZ_INBOX,
+    AUTHZ_OTP,
     BIND,
     DISPENSE,
+    GRANTS_LIST,
+    GRANTS_REVOKE,
+    IDENTITY_ENROLL,
     PING,
     PQ_EXCHANGE,
     PQ_PUBLIC,
@@ -114,6 +140,7 @@ def create_app(
     core: PlatformCore,
     hop: HopEnd,
     *,
+    authz: AuthorizationServer,
     pq: PqExchanges | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
 ) -> FastAPI:
@@ -160,6 +187,8 @@ def create_app(
         "Deliver a re-sealed record to a third party",
     )
     route(DISPENSE, DispenseRequest, DispenseState, core.dispense, "Claim/complete/release")
+    _authz_routes(app, hop, authz)
+    install_oauth_routes(app, authz)
 
     @app.get(PING, summary="Liveness (no database, no crypto)")
     async def ping() -> Response:
@@ -169,6 +198,46 @@ def create_app(
         _pq_routes(app, core, pq)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
+
+
+def _authz_routes(app: FastAPI, hop: HopEnd, authz: AuthorizationServer) -> None:
+    """The patient's side of authorization, in hop envelopes (wallet → platform)."""
+
+    def route(
+        path: str,
+        expected: type[M],
+        reply: type[Message],
+        handler: Callable[[Incoming[M]], Message],
+        summary: str,
+    ) -> None:
+        envelope_route(
+            app, path, hop=hop, expected=expected, handler=handler, reply=reply, summary=summary
+        )
+
+    def enroll(incoming: Incoming[IdentityEnroll]) -> Message:
+        return authz.enroll(incoming.sender, incoming.message, network=incoming.peer)
+
+    def decide(incoming: Incoming[AuthzDecision]) -> Message:
+        return authz.decide(incoming.sender, incoming.message, network=incoming.peer)
+
+    def inbox(incoming: Incoming[InboxRequest]) -> Message:
+        return authz.inbox(incoming.sender, incoming.message)
+
+    def otp(incoming: Incoming[OtpSend]) -> Message:
+        return authz.send_otp(incoming.sender, incoming.message)
+
+    def grants(incoming: Incoming[GrantsRequest]) -> Message:
+        return authz.grants(incoming.sender, incoming.message)
+
+    def revoke(incoming: Incoming[GrantRevoke]) -> Message:
+        return authz.revoke_grant(incoming.sender, incoming.message)
+
+    route(IDENTITY_ENROLL, IdentityEnroll, IdentityState, enroll, "Enroll identity proofs")
+    route(AUTHZ_INBOX, InboxRequest, Inbox, inbox, "Pending authorization requests (long poll)")
+    route(AUTHZ_OTP, OtpSend, OtpSent, otp, "Send a one-time code for a pending request")
+    route(AUTHZ_DECIDE, AuthzDecision, AuthzOutcome, decide, "Approve (with proofs) or deny")
+    route(GRANTS_LIST, GrantsRequest, GrantList, grants, "The patient's grants")
+    route(GRANTS_REVOKE, GrantRevoke, GrantList, revoke, "Revoke a grant")
 
 
 def _pq_routes(app: FastAPI, core: PlatformCore, pq: PqExchanges) -> None:

@@ -129,7 +129,7 @@ def register_thirdparty_command(
     ],
 ) -> None:
     """Register a third party (pharmacy, regulator, app) from its export file."""
-    from patientkey.platform.core import PlatformCore
+    from patientkey.platform.core import register_third_party
     from patientkey.platform.settings import ca_certificate
 
     try:
@@ -143,13 +143,9 @@ def register_thirdparty_command(
     try:
         settings, db = _open(config)
         with db:
-            core = PlatformCore(
-                SqlStore(db, PlatformRepo),
-                hospitals={},
-                third_parties={},
-                ca_certificate=ca_certificate(settings),
+            third_party = register_third_party(
+                SqlStore(db, PlatformRepo), data, ca_certificate=ca_certificate(settings)
             )
-            third_party = core.register_third_party(data)
     except PatientKeyError as exc:
         raise _fail(exc) from exc
     console.print(f"registered third party [green]{third_party.b_id}[/green]")

@@ -23,6 +23,13 @@ share_deliver       wallet        checks the re-sealed record, relays, receipt
 dispense            third party   claim / complete / release
 ==================  ============  ==============================================
 
+Every share and every dispense step passes the live-grant gate (:class:`GrantGate`,
+the authorization unit, DESIGN.md seed 1): the patient shares a record only with a
+third party holding a live grant that lets it ``view`` the record, and a third party
+claims, completes or releases only with an access token whose live grant lets it
+``use`` the prescription. The gate reads the grant on every call: a revocation counts
+from the very next request.
+
 Each operation's state changes happen in one store transaction, and only after
 the checks (and the peer's cryptographic answer) succeeded; where a peer must be
 asked, nothing is held open during the call: a read transaction checks, the peer
@@ -47,6 +54,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from patientkey.authz.rar import Action, RecordRef
 from patientkey.crypto import ALG_A256KW, ALG_HPKE, HpkePublicKey, SealedRecord
 from patientkey.crypto.certkey import verify_hpke_public
 from patientkey.errors import (
@@ -99,6 +107,7 @@ __all__ = [
     "BindLimits",
     "PeerPort",
     "PlatformCore",
+    "register_third_party",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -108,12 +117,26 @@ NOT_YOURS: Final = "no such record for this account"
 _NOT_SHARED: Final = "no such prescription shared with this third party"
 _UNKNOWN_THIRD_PARTY: Final = "unknown third party"
 _PRESCRIPTION: Final = "prescription"
+#: What a share lets the third party do with the record (the grant must allow it).
+_SHARE_ACTION: Final = "view"
 
 
 class PeerPort(Protocol):
     """How the core reaches a hospital or third party (``PeerClient`` has this shape)."""
 
     def call(self, path: str, message: Message, reply: type[M]) -> M: ...
+
+
+class GrantGate(Protocol):
+    """The authorization unit's live checks (``platform.authorization``)."""
+
+    def require_grant(
+        self, *, user_id: str, client_id: str, action: Action, record: RecordRef
+    ) -> object: ...
+
+    def check_use(
+        self, token: str | None, *, client_id: str, action: Action, record: RecordRef, owner: str
+    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +161,7 @@ class PlatformCore:
         *,
         hospitals: Mapping[str, PeerPort],
         third_parties: Mapping[str, PeerPort],
+        grants: GrantGate,
         limits: BindLimits | None = None,
         ca_certificate: x509.Certificate | None = None,
     ) -> None:
@@ -149,6 +173,7 @@ class PlatformCore:
         self._third_parties = dict(third_parties)
         self._limits = limits or BindLimits()
         self._ca = ca_certificate
+        self._grants = grants
 
     @property
     def hospitals(self) -> frozenset[str]:
@@ -339,6 +364,15 @@ class PlatformCore:
         def check(repo: PlatformRepository, record: PlatformRecord) -> None:
             found[:] = [self._registered(repo, request.b_id)]
             _not_completed(repo, record)
+            refs[:] = [_ref(record)]
+
+        refs: list[RecordRef] = []
+        with self._store.transaction() as repo:
+            check(repo, self._owned(repo, request.user_id, request.his_id, request.p_id))
+        # The gate has its own transaction: never nested in one of ours (SQLite's lock).
+        self._grants.require_grant(
+            user_id=request.user_id, client_id=request.b_id, action=_SHARE_ACTION, record=refs[0]
+        )
 
         record = self._sealed(
             request.user_id,
@@ -374,6 +408,10 @@ class PlatformCore:
             _not_completed(repo, record)
         if record.sealed is None:
             raise Conflict("ask for a share offer first")
+        # Checked again at delivery: a grant revoked since the offer stops the share.
+        self._grants.require_grant(
+            user_id=user, client_id=b_id, action=_SHARE_ACTION, record=_ref(record)
+        )
         _check_delivery(record.sealed, request)
         relay = ShareRelay(
             user_id=user,
@@ -432,6 +470,15 @@ class PlatformCore:
             raise Forbidden("only the third party itself may dispense")
         his, p_id, b_id = request.his_id, request.p_id, request.b_id
         with self._store.transaction() as repo:
+            _, owners = _shared_claim(repo, his, p_id, b_id)
+        self._grants.check_use(
+            request.access_token,
+            client_id=b_id,
+            action="use",
+            record=RecordRef(record_type=_PRESCRIPTION, his_id=his, p_id=p_id),
+            owner=owners[0],
+        )
+        with self._store.transaction() as repo:
             current, owners = _shared_claim(repo, his, p_id, b_id)
             event = DispenseEvent(request.action)
             # The table decides (and words the 409); the repository re-checks atomically.
@@ -456,51 +503,70 @@ class PlatformCore:
     # ── operator operations ───────────────────────────────────────────────────
 
     def register_third_party(self, export: Mapping[str, Any]) -> ThirdParty:
-        """Register a third party from its ``patientkey thirdparty export`` JSON.
-
-        Checks: the HPKE public key is a valid 1216-byte ML-KEM-768+X25519 key; the
-        certificate names ``b_id`` as its CN (and was issued by our CA, when known); the
-        certificate's key signed the HPKE key (``crypto.certkey``), so wallets can check
-        that the platform hands out the third party's own key.
-        """
-        b_id = export.get("b_id")
-        if not isinstance(b_id, str) or not valid_party_name(b_id):
-            raise InvalidInput("b_id must be a valid party name")
-        hpke_public = _b64url(export.get("hpke_public"), "hpke_public")
-        HpkePublicKey.from_bytes(hpke_public)
-        pem = export.get("certificate_pem")
-        if not isinstance(pem, str):
-            raise InvalidInput("certificate_pem must be PEM text")
-        try:
-            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-        except (ValueError, UnicodeEncodeError) as exc:
-            raise InvalidInput("certificate_pem is not a PEM certificate") from exc
-        if peer_name_from_cert(cert) != b_id:
-            raise InvalidInput("the certificate does not name this b_id")
-        if self._ca is not None:
-            try:
-                cert.verify_directly_issued_by(self._ca)
-            except (InvalidSignature, ValueError, TypeError) as exc:
-                raise InvalidInput("the certificate was not issued by our CA") from exc
-        signature = _b64url(export.get("hpke_signature"), "hpke_signature")
-        try:
-            verify_hpke_public(pem, b_id, hpke_public, signature)
-        except CryptoError as exc:
-            raise InvalidInput("hpke_signature is not the certificate key's signature") from exc
-        name = export.get("display_name", b_id)
-        if not isinstance(name, str):
-            raise InvalidInput("display_name must be text")
-        with self._store.transaction() as repo:
-            third_party = repo.register_third_party(b_id, name, hpke_public, pem, signature)
-            repo.log_event("thirdparty.register", None, {"b_id": b_id})
-        return third_party
+        """Register a third party from its export (see :func:`register_third_party`)."""
+        return register_third_party(self._store, export, ca_certificate=self._ca)
 
     def _log(self, kind: str, user: str | None, **detail: str | int | bool) -> None:
         with self._store.transaction() as repo:
             repo.log_event(kind, user, detail)
 
 
+# ── operator operations without a running platform ────────────────────────────
+
+
+def register_third_party(
+    store: Store[PlatformRepository],
+    export: Mapping[str, Any],
+    *,
+    ca_certificate: x509.Certificate | None,
+) -> ThirdParty:
+    """Register a third party from its ``patientkey thirdparty export`` JSON.
+
+    Checks: the HPKE public key is a valid 1216-byte ML-KEM-768+X25519 key; the
+    certificate names ``b_id`` as its CN (and was issued by our CA, when known); the
+    certificate's key signed the HPKE key (``crypto.certkey``), so wallets can check
+    that the platform hands out the third party's own key.
+    """
+    b_id = export.get("b_id")
+    if not isinstance(b_id, str) or not valid_party_name(b_id):
+        raise InvalidInput("b_id must be a valid party name")
+    hpke_public = _b64url(export.get("hpke_public"), "hpke_public")
+    HpkePublicKey.from_bytes(hpke_public)
+    pem = export.get("certificate_pem")
+    if not isinstance(pem, str):
+        raise InvalidInput("certificate_pem must be PEM text")
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise InvalidInput("certificate_pem is not a PEM certificate") from exc
+    if peer_name_from_cert(cert) != b_id:
+        raise InvalidInput("the certificate does not name this b_id")
+    if ca_certificate is not None:
+        try:
+            cert.verify_directly_issued_by(ca_certificate)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            raise InvalidInput("the certificate was not issued by our CA") from exc
+    signature = _b64url(export.get("hpke_signature"), "hpke_signature")
+    try:
+        verify_hpke_public(pem, b_id, hpke_public, signature)
+    except CryptoError as exc:
+        raise InvalidInput("hpke_signature is not the certificate key's signature") from exc
+    name = export.get("display_name", b_id)
+    if not isinstance(name, str):
+        raise InvalidInput("display_name must be text")
+    with store.transaction() as repo:
+        third_party = repo.register_third_party(b_id, name, hpke_public, pem, signature)
+        repo.log_event("thirdparty.register", None, {"b_id": b_id})
+    return third_party
+
+
 # ── helpers ──────────────────────────────────────────────────────────────────
+
+
+def _ref(record: PlatformRecord) -> RecordRef:
+    return RecordRef(
+        record_type=_RECORD_TYPES[record.record_type], his_id=record.his_id, p_id=record.p_id
+    )
 
 
 def _patient_bucket(his: str, patient: str) -> str:

@@ -26,10 +26,16 @@ what they cannot:
   the platform should use a fresh key per message (``rekey_messages = 1``, the
   default); PQ-only wallet sessions work in every worker (see above).
 
-The PQ responder key: with ``keystore`` set it is kept in that encrypted keystore
-(passphrase from ``PATIENTKEY_PASSPHRASE``; created on first start); without, a new
-key pair is generated at every start and wallets must redo the exchange
-(their envelopes under an old exchange fail as crypto-failure).
+The keys: with ``keystore`` set, the PQ responder key and the authorization unit's
+keys (access-token signing key, MAC secret) are kept in that encrypted keystore
+(passphrase from ``PATIENTKEY_PASSPHRASE``; created on first start); without, new keys
+are generated at every start: wallets must redo the PQ exchange (their envelopes under
+an old exchange fail as crypto-failure) and earlier access tokens stop verifying.
+
+TLS: the platform asks for, but does not require, a client certificate, because apps
+reach its OAuth endpoints with ``private_key_jwt`` alone; every envelope route requires
+a verified certificate (``service.tls.caller_name``), and a certificate presented is
+always verified against the CA.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -47,14 +54,18 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
+from patientkey.authz.catalog import load_catalog
 from patientkey.crypto import ReplayCache, read_keystore, write_keystore
 from patientkey.errors import ConfigError, CryptoError, InvalidInput
+from patientkey.identity import CertificateSignatureVerifier, ConsoleSink, FileSink, Gateway
 from patientkey.keysupply.etsi014 import Etsi014Client
 from patientkey.keysupply.pq import PqResponder
 from patientkey.pki import client_ssl_context
 from patientkey.platform.app import create_app
+from patientkey.platform.authorization import AuthorizationServer, AuthzKeys
 from patientkey.platform.core import BindLimits, PeerPort, PlatformCore
 from patientkey.platform.kue import (
     PqExchanges,
@@ -63,6 +74,7 @@ from patientkey.platform.kue import (
     platform_hop_end,
     wallet_peer_factory,
 )
+from patientkey.platform.ping import HttpPinger
 from patientkey.platform.settings import (
     PlatformSettings,
     ca_certificate,
@@ -74,12 +86,16 @@ from patientkey.service.party import passphrase_from_env
 from patientkey.service.process import PartyProcess, server_main, write_port_file
 from patientkey.service.tls import build_server
 from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
+from patientkey.storage.authz import authz_store
 
 __all__ = [
+    "PlatformKeys",
     "PlatformProcess",
     "PlatformRuntime",
+    "build_authorization",
     "build_runtime",
-    "load_responder",
+    "issuer_of",
+    "load_keys",
     "main",
     "serve",
 ]
@@ -87,6 +103,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PQ_SECRET = "pq_responder"  # noqa: S105 - the keystore entry's name
+_AUTHZ_SIGNING = "authz_signing"  # the access-token signing key (Ed25519, raw)
+_AUTHZ_SECRET = "authz_secret"  # noqa: S105 - the keystore entry's name
 _BACKLOG = 2048
 
 
@@ -100,6 +118,7 @@ class PlatformRuntime:
     hop: HopEnd
     pq: PqExchanges
     app: FastAPI
+    authz: AuthorizationServer
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -108,35 +127,97 @@ class PlatformRuntime:
         self.closers.clear()
 
 
-def load_responder(settings: PlatformSettings) -> PqResponder:
-    """The PQ responder key: from the keystore (made on first use), else a fresh one."""
+@dataclass(frozen=True)
+class PlatformKeys:
+    """The platform's long-lived secrets, loaded (or made) once, before any worker forks."""
+
+    responder: PqResponder
+    authz: AuthzKeys
+
+
+def load_keys(settings: PlatformSettings) -> PlatformKeys:
+    """The PQ responder key and the authorization unit's keys: from the keystore (made on
+    first use, added to an older keystore that lacks them), else fresh ones for this run."""
     if settings.keystore is None:
-        log.info("no keystore configured: a new PQ responder key for this run")
-        return PqResponder()
+        log.info("no keystore configured: new PQ responder and token signing keys for this run")
+        return PlatformKeys(PqResponder(), AuthzKeys.generate())
     passphrase = passphrase_from_env()
+    stored: dict[str, bytes] = {}
     if settings.keystore.exists():
         try:
-            secrets = read_keystore(settings.keystore, passphrase)
+            stored = read_keystore(settings.keystore, passphrase)
         except CryptoError as exc:
             raise ConfigError(
                 f"cannot open {settings.keystore}: wrong passphrase or damaged file"
             ) from exc
-        if _PQ_SECRET not in secrets:
+        if _PQ_SECRET not in stored:
             raise ConfigError(f"{settings.keystore} holds no {_PQ_SECRET}")
+    try:
+        responder = (
+            PqResponder.from_private_bytes(stored[_PQ_SECRET])
+            if _PQ_SECRET in stored
+            else PqResponder()
+        )
+        authz = (
+            AuthzKeys(
+                Ed25519PrivateKey.from_private_bytes(stored[_AUTHZ_SIGNING]), stored[_AUTHZ_SECRET]
+            )
+            if _AUTHZ_SIGNING in stored and _AUTHZ_SECRET in stored
+            else AuthzKeys.generate()
+        )
+    except (InvalidInput, ValueError) as exc:
+        raise ConfigError(f"{settings.keystore}: a stored key is damaged") from exc
+    wanted = {
+        _PQ_SECRET: responder.private_bytes(),
+        _AUTHZ_SIGNING: authz.signing_key.private_bytes_raw(),
+        _AUTHZ_SECRET: authz.secret,
+    }
+    if stored != wanted:
+        write_keystore(settings.keystore, passphrase, wanted)
+        log.info("platform keys kept in %s", settings.keystore)
+    return PlatformKeys(responder, authz)
+
+
+def issuer_of(settings: PlatformSettings, port: int) -> str:
+    """The OAuth issuer: configured, else this server's own https origin."""
+    return settings.issuer or f"https://{settings.host}:{port}"
+
+
+def build_authorization(
+    settings: PlatformSettings, db: Database, keys: AuthzKeys, *, issuer: str
+) -> tuple[AuthorizationServer, Callable[[], None]]:
+    """The authorization unit and what closes it (the ping sender)."""
+    gateway: Gateway = (
+        FileSink(settings.otp_outbox) if settings.otp_outbox is not None else ConsoleSink()
+    )
+    x509_trust = None
+    if settings.x509_trust is not None:
         try:
-            return PqResponder.from_private_bytes(secrets[_PQ_SECRET])
-        except InvalidInput as exc:
-            raise ConfigError(f"{settings.keystore}: {exc.detail}") from exc
-    responder = PqResponder()
-    write_keystore(settings.keystore, passphrase, {_PQ_SECRET: responder.private_bytes()})
-    log.info("new PQ responder key kept in %s", settings.keystore)
-    return responder
+            x509_trust = CertificateSignatureVerifier.from_pem(settings.x509_trust.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {settings.x509_trust}: {exc}") from exc
+    verify: ssl.SSLContext | bool = True
+    if settings.notification_ca is not None:
+        verify = ssl.create_default_context(cafile=str(settings.notification_ca))
+    pinger = HttpPinger(verify)
+    server = AuthorizationServer(
+        authz_store(db),
+        issuer=issuer,
+        keys=keys,
+        catalog=load_catalog(settings.scenarios),
+        gateway=gateway,
+        token_lifetime=settings.token_lifetime_s,
+        x509_trust=x509_trust,
+        pinger=pinger,
+    )
+    return server, pinger.close
 
 
 def build_runtime(
     settings: PlatformSettings,
     *,
-    responder: PqResponder,
+    keys: PlatformKeys,
+    issuer: str,
     db: Database | None = None,
 ) -> PlatformRuntime:
     """Wire store, key supplies, hops, peers, core and app from ``settings``."""
@@ -150,7 +231,7 @@ def build_runtime(
         qkd = Etsi014Client.from_pki(settings.kme_url, settings.pki_dir, settings.name)
         closers.append(qkd.close)
     pq = PqExchanges(
-        responder,
+        keys.responder,
         store,
         ttl=timedelta(seconds=settings.pq_exchange_ttl_s),
         max_entries=settings.pq_cache_entries,
@@ -186,8 +267,11 @@ def build_runtime(
         client = PeerClient(hop, name, settings.peers[name].url, ssl_context=ssl_context)
         closers.append(client.close)
         ports[name] = client
+    authz, close_authz = build_authorization(settings, db, keys.authz, issuer=issuer)
+    closers.append(close_authz)
     core = PlatformCore(
         store,
+        grants=authz,
         hospitals={name: ports[name] for name in settings.hospitals},
         third_parties={name: ports[name] for name in settings.third_parties},
         limits=BindLimits(
@@ -197,18 +281,18 @@ def build_runtime(
         ),
         ca_certificate=ca_certificate(settings),
     )
-    app = create_app(core, hop, pq=pq, max_body_bytes=settings.max_body_bytes)
-    return PlatformRuntime(settings, db, core, hop, pq, app, closers)
+    app = create_app(core, hop, authz=authz, pq=pq, max_body_bytes=settings.max_body_bytes)
+    return PlatformRuntime(settings, db, core, hop, pq, app, authz, closers)
 
 
-def _prepare(settings: PlatformSettings) -> PqResponder:
-    """What runs once, before any worker: migrations and the responder key."""
+def _prepare(settings: PlatformSettings) -> PlatformKeys:
+    """What runs once, before any worker: migrations and the keys."""
     db = open_database(settings.database, Party.PLATFORM)
     try:
         db.upgrade()
     finally:
         db.close()
-    return load_responder(settings)
+    return load_keys(settings)
 
 
 def _settle() -> None:
@@ -228,7 +312,14 @@ def _uvicorn(app: FastAPI, settings: PlatformSettings) -> uvicorn.Server:
     ephemeral port) is closed at once because the workers share the parent's.
     """
     server, own = build_server(
-        app, files=settings.files, host=settings.host, port=0, access_log=settings.access_log
+        app,
+        files=settings.files,
+        host=settings.host,
+        port=0,
+        access_log=settings.access_log,
+        # Apps without a PatientKey certificate reach the OAuth endpoints; every other
+        # route still requires one (service.tls.caller_name).
+        client_certificate_required=False,
     )
     own.close()
     return server
@@ -239,26 +330,30 @@ def serve(config_path: Path, *, port_file: Path | None = None, workers: int | No
     settings = load_platform_settings(config_path)
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
-    responder = _prepare(settings)
-    if settings.workers == 1:
-        runtime = build_runtime(settings, responder=responder)
-        _settle()
-        server, sock = build_server(
-            runtime.app,
-            files=settings.files,
-            host=settings.host,
-            port=settings.port,
-            workers_backlog=_BACKLOG,
-            access_log=settings.access_log,
-        )
+    keys = _prepare(settings)
+    for path in (settings.files.ca, settings.files.cert, settings.files.key):
+        if not path.is_file():
+            raise ConfigError(f"missing {path} (run `patientkey pki init` first)")
+    # Bound before the runtime is built: the OAuth issuer names the real port.
+    try:
+        sock = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+    issuer = issuer_of(settings, sock.getsockname()[1])
+    if settings.workers > 1:
+        _serve_forked(settings, keys, sock, issuer, port_file)
+        return
+    try:
+        runtime = build_runtime(settings, keys=keys, issuer=issuer)
         try:
+            _settle()
+            server = _uvicorn(runtime.app, settings)
             _announce(sock, port_file, 1)
             server.run(sockets=[sock])
         finally:
             runtime.close()
-            sock.close()
-        return
-    _serve_forked(settings, responder, port_file)
+    finally:
+        sock.close()
 
 
 def _announce(sock: socket.socket, port_file: Path | None, workers: int) -> None:
@@ -269,22 +364,19 @@ def _announce(sock: socket.socket, port_file: Path | None, workers: int) -> None
 
 
 def _serve_forked(
-    settings: PlatformSettings, responder: PqResponder, port_file: Path | None
+    settings: PlatformSettings,
+    keys: PlatformKeys,
+    sock: socket.socket,
+    issuer: str,
+    port_file: Path | None,
 ) -> None:
     """Pre-fork: one listening socket, ``settings.workers`` children accepting on it."""
-    for path in (settings.files.ca, settings.files.cert, settings.files.key):
-        if not path.is_file():
-            raise ConfigError(f"missing {path} (run `patientkey pki init` first)")
-    try:
-        sock = socket.create_server((settings.host, settings.port), backlog=_BACKLOG)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     children: list[int] = []
     try:
         for _ in range(settings.workers):
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child process
-                _worker(settings, responder, sock)
+                _worker(settings, keys, sock, issuer)
             children.append(pid)
         _announce(sock, port_file, settings.workers)
 
@@ -314,13 +406,15 @@ def _serve_forked(
         sock.close()
 
 
-def _worker(settings: PlatformSettings, responder: PqResponder, sock: socket.socket) -> None:
+def _worker(
+    settings: PlatformSettings, keys: PlatformKeys, sock: socket.socket, issuer: str
+) -> None:
     """A forked worker: its own runtime on the shared socket; never returns."""
     code = 0
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        runtime = build_runtime(settings, responder=responder)
+        runtime = build_runtime(settings, keys=keys, issuer=issuer)
         _settle()
         try:
             _uvicorn(runtime.app, settings).run(sockets=[sock])

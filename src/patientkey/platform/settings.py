@@ -17,6 +17,12 @@ Example (paths relative to the file)::
     bind_limit_user = 20             # bind attempts per User_ID per window
     bind_window_s = 900
     workers = 1                      # uvicorn processes sharing the port (see server.py)
+    issuer = "https://localhost:9001"  # OAuth issuer (default: https://<host>:<bound port>)
+    scenarios = "scenarios.toml"     # optional: merged over the packaged scenario catalog
+    otp_outbox = "otp-outbox.log"    # development SMS/email gateway (else the console)
+    x509_trust = "eid-ca.pem"        # optional: CAs of patients' signature certificates
+    notification_ca = "client-ca.pem"  # optional: CAs of CIBA ping endpoints (else system)
+    token_lifetime_s = 300
     [peers.hospital-1]
     url = "https://localhost:9002"
     [peers.pharmacy-1]
@@ -63,6 +69,12 @@ class PlatformSettings(PartySettings):
     # None: on exactly when workers > 1 (see server.py: replays across processes).
     shared_replay_guard: bool | None = None
     access_log: bool = False
+    issuer: str | None = Field(None, pattern=r"^https://[^?#]+$")
+    scenarios: Path | None = None
+    otp_outbox: Path | None = None
+    x509_trust: Path | None = None
+    notification_ca: Path | None = None
+    token_lifetime_s: int = Field(300, ge=10, le=3600)
 
     @model_validator(mode="after")
     def _roles(self) -> Self:
@@ -96,12 +108,16 @@ class PlatformSettings(PartySettings):
 
 
 def load_platform_settings(path: Path) -> PlatformSettings:
-    """Read the platform's TOML file; relative ``keystore`` paths are relative to it."""
+    """Read the platform's TOML file; relative file paths are relative to it."""
     settings = load_settings(path, PlatformSettings)
-    if settings.keystore is not None and not settings.keystore.is_absolute():
-        keystore = path.resolve().parent / settings.keystore
-        settings = settings.model_copy(update={"keystore": keystore})
-    return settings
+    base = path.resolve().parent
+    fields = ("keystore", "scenarios", "otp_outbox", "x509_trust", "notification_ca")
+    relative = {
+        name: base / value
+        for name in fields
+        if isinstance(value := getattr(settings, name), Path) and not value.is_absolute()
+    }
+    return settings.model_copy(update=relative) if relative else settings
 
 
 def ca_certificate(settings: PlatformSettings) -> x509.Certificate | None:

@@ -60,6 +60,8 @@ class Incoming(Generic[M_co]):
     jti: str
     message: M_co
     reply_key: bytes = field(repr=False)
+    #: The network address the transport saw (set by the HTTP adapter; step-up input).
+    peer: str = ""
 
 
 class HopEnd:

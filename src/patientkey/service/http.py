@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -139,16 +140,17 @@ def envelope_route(
 ) -> None:
     """Register ``POST path``: envelope(expected) in, envelope(reply) out."""
 
-    def run(body: bytes, caller: str) -> str:
+    def run(body: bytes, caller: str, peer: str) -> str:
         incoming = hop.receive(body, expected)
         if incoming.sender != caller:
             raise Unauthenticated("envelope sender does not match the client certificate")
-        return hop.reply(incoming, handler(incoming))
+        return hop.reply(incoming, handler(dataclasses.replace(incoming, peer=peer)))
 
     async def endpoint(request: Request) -> Response:
         caller = caller_name(request)
         body = await request.body()
-        token = await run_in_threadpool(run, body, caller)
+        peer = request.client.host if request.client is not None else ""
+        token = await run_in_threadpool(run, body, caller, peer)
         return Response(token, media_type=JOSE)
 
     responses: dict[int | str, dict[str, Any]] = {

@@ -54,7 +54,8 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
         # is what carries the party name.
         "client_cert_chain": chain,
         "client_cert_name": name,
-        "client_cert_error": None,  # CERT_REQUIRED: an unverified peer has no connection
+        # CERT_REQUIRED/OPTIONAL: a certificate that fails verification ends the handshake.
+        "client_cert_error": None,
         "tls_version": _TLS_VERSIONS.get(version) if version else None,
         "cipher_suite": None,  # the IANA number is not exposed by Python's ssl
     }
@@ -125,12 +126,14 @@ def build_server(
     port: int,
     workers_backlog: int = 1024,
     access_log: bool = True,
+    client_certificate_required: bool = True,
 ) -> tuple[uvicorn.Server, socket.socket]:
     """A uvicorn server with mutual TLS for ``app`` and its bound, listening socket."""
     for path in (files.ca, files.cert, files.key):
         if not path.is_file():
             raise ConfigError(f"missing {path} (run `patientkey pki init` first)")
-    context = server_ssl_context(files)  # fail here, before binding, on bad TLS files
+    # Built first: fail here, before binding, on bad TLS files.
+    context = server_ssl_context(files, client_certificate_required=client_certificate_required)
     config = uvicorn.Config(
         app,
         http=MutualTLSH11Protocol,
@@ -142,7 +145,7 @@ def build_server(
         ssl_certfile=str(files.cert),
         ssl_keyfile=str(files.key),
         ssl_ca_certs=str(files.ca),
-        ssl_cert_reqs=ssl.CERT_REQUIRED,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if client_certificate_required else ssl.CERT_OPTIONAL,
         server_header=False,
         timeout_graceful_shutdown=2,
         log_config=None,

@@ -1,0 +1,839 @@
+"""The platform's authorization unit (DESIGN.md seed 1) over the sans-IO ``authz`` core.
+
+An app asks, the patient decides with proofs of identity, the platform issues, stores,
+enforces and revokes. This module wires the pure pieces to the platform's store, keys
+and clock; it does no HTTP (``platform.oauth`` and ``platform.app`` are the adapters):
+
+===========================  ==============================================================
+method                       what
+===========================  ==============================================================
+``backchannel``              ``POST /bc-authorize`` (CIBA §7): client authentication
+                             (RFC 7523), request → scenario → scope → method, stored
+``token``                    ``POST /token`` (CIBA §10.1): poll answers, then an RFC 9068
+                             access token, issued once
+``introspect`` / ``revoke``  RFC 7662 / RFC 7009
+``enroll``                   the patient enrolls proofs: password, device key, TOTP,
+                             certificate, SMS/email contacts (wallet hop)
+``inbox``                    pending requests for the wallet, long-polled
+``send_otp``                 a one-time code through the SMS/email gateway
+``decide``                   the patient approves (all or part, with proofs) or denies
+``grants`` / ``revoke_grant``  the patient's grants; revocation by the patient
+``check_use``                the live-grant gate of every third-party action (token)
+``require_grant``            the live-grant gate of a share (no token: the wallet asks)
+===========================  ==============================================================
+
+Transactions: each call is one store transaction, except ``decide``, which first
+checks the proofs in a transaction of their own — failed proofs are charged to the
+lockout and recorded even though the decision is then refused — and then decides in a
+second one (compare-and-set on the request, so a proof can never approve twice).
+
+Step-up (RFC 9470): a decision whose login environment (the wallet's user agent and
+install id, and the network the platform sees) differs from the one last accepted
+needs one assurance level more than the request's method; uses of a grant are judged by
+``catalog.step_up_required`` in ``authz.grants.check`` (limits, sensitive actions,
+fetch/download/share of a report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from patientkey.authz import ciba
+from patientkey.authz.audit import AuditEvent, AuditKind
+from patientkey.authz.catalog import Catalog
+from patientkey.authz.clientauth import authenticate_client
+from patientkey.authz.clients import RegisteredClient
+from patientkey.authz.consent import build_consent, revoke_consent
+from patientkey.authz.errors import (
+    InsufficientUserAuthentication,
+    InvalidToken,
+    OAuthError,
+)
+from patientkey.authz.grants import Grant, Use, check, create_grant, revoke_grant
+from patientkey.authz.introspection import introspect
+from patientkey.authz.metadata import server_metadata
+from patientkey.authz.rar import (
+    Action,
+    RecordRef,
+    dump_details,
+    narrow,
+    parse_authorization_details,
+)
+from patientkey.authz.revocation import revoke_token
+from patientkey.authz.tokens import AccessTokenIssuer, AccessTokenVerifier, token_response
+from patientkey.errors import Conflict, Forbidden, InvalidInput, NotFound
+from patientkey.identity import (
+    ApprovalChallenge,
+    CertificateBinding,
+    CertificateSignatureVerifier,
+    DeviceKey,
+    Gateway,
+    Lockout,
+    LockoutPolicy,
+    OneTimeCodes,
+    OtpChannel,
+    PasswordVerifier,
+    ProofKind,
+    ProofRejected,
+    TotpVerifier,
+    new_totp_enrollment,
+    provisioning_uri,
+    verify_device_approval,
+)
+from patientkey.identity.assurance import AssuranceLevel
+from patientkey.identity.otp import check_destination
+from patientkey.identity.x509sig import parse_certificate
+from patientkey.protocol.messages import (
+    AuthzDecision,
+    AuthzOutcome,
+    Environment,
+    GrantList,
+    GrantRevoke,
+    GrantsRequest,
+    GrantView,
+    IdentityEnroll,
+    IdentityState,
+    Inbox,
+    InboxRequest,
+    OtpSend,
+    OtpSent,
+    PendingMethod,
+    PendingRequest,
+    Proofs,
+)
+from patientkey.storage.authz import AuthzRepository
+from patientkey.storage.repos import Store
+
+__all__ = ["AuthorizationServer", "AuthzKeys", "OAuthAnswer"]
+
+_log = logging.getLogger(__name__)
+
+_NONCE_LABEL: Final = b"patientkey/authz/approval-nonce/v1"
+_ENV_LABEL: Final = b"patientkey/authz/environment/v1"
+_ISSUER_NAME: Final = "PatientKey"
+_LONG_POLL_SLICE: Final = 0.5  # re-read the store this often (other workers' requests)
+_MAX_LONG_POLLS: Final = 32  # waiting threads are a bounded resource of the pool
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzKeys:
+    """The authorization unit's secrets: the token signing key and a 32-byte MAC key
+    (approval nonces, one-time code MACs). Never logged, never on the wire."""
+
+    signing_key: Ed25519PrivateKey
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 32:
+            raise InvalidInput("the authorization secret must be at least 32 bytes")
+
+    @classmethod
+    def generate(cls) -> AuthzKeys:
+        return cls(Ed25519PrivateKey.generate(), secrets.token_bytes(32))
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthAnswer:
+    """An OAuth endpoint's answer: status, JSON body, headers (authlib's triple)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+_NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class _Users:
+    """CIBA's user directory: a patient is known once they enrolled a proof."""
+
+    def __init__(self, repo: AuthzRepository) -> None:
+        self._repo = repo
+
+    def lookup(self, user_id: str) -> ciba.UserEntry | None:
+        known = self._repo.credentials.password_hash(user_id) is not None or bool(
+            self._repo.credentials.device_keys(user_id)
+        )
+        return ciba.UserEntry(user_id=user_id) if known else None
+
+    def check_user_code(self, user_id: str, code: str) -> bool:
+        return False  # no patient requires a user_code (backchannel_user_code_parameter off)
+
+
+class AuthorizationServer:
+    """The authorization unit: OAuth/CIBA endpoints, the patient's side, the live gates."""
+
+    def __init__(
+        self,
+        store: Store[AuthzRepository],
+        *,
+        issuer: str,
+        keys: AuthzKeys,
+        catalog: Catalog,
+        gateway: Gateway,
+        policy: ciba.CibaPolicy | None = None,
+        token_lifetime: int = 300,
+        lockout: LockoutPolicy | None = None,
+        x509_trust: CertificateSignatureVerifier | None = None,
+        pinger: Callable[[ciba.Ping], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.issuer = issuer.rstrip("/")
+        self._keys = keys
+        self.catalog = catalog
+        self._gateway = gateway
+        self.policy = policy or ciba.CibaPolicy()
+        self._issuer = AccessTokenIssuer(
+            keys.signing_key, issuer=self.issuer, lifetime=token_lifetime
+        )
+        # The platform itself is the resource server of its tokens: audience = issuer.
+        self._verifier = AccessTokenVerifier(
+            keys.signing_key.public_key(), issuer=self.issuer, audience=self.issuer
+        )
+        self._lockout_policy = lockout or LockoutPolicy()
+        self._x509 = x509_trust
+        self._pinger = pinger
+        self._clock = clock
+        self._passwords = PasswordVerifier()
+        self._arrived = threading.Condition()
+        self._long_polls = threading.BoundedSemaphore(_MAX_LONG_POLLS)
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    # ── discovery ────────────────────────────────────────────────────────────────
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 / OpenID Discovery metadata (``authz.metadata``)."""
+        return server_metadata(self.issuer, catalog=self.catalog)
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys access tokens are verified with."""
+        return self._issuer.public_jwks()
+
+    # ── client authentication ──────────────────────────────────────────────────────
+
+    def _client(
+        self, repo: AuthzRepository, form: Mapping[str, str], endpoint: str
+    ) -> RegisteredClient:
+        return authenticate_client(
+            form,
+            audiences=(self.issuer, self.issuer + endpoint),
+            lookup=repo.clients.get,
+            replay=repo.tokens,
+            now=self._now(),
+        )
+
+    # ── CIBA: the app asks ─────────────────────────────────────────────────────────
+
+    def backchannel(self, form: Mapping[str, str], *, endpoint: str) -> OAuthAnswer:
+        """``POST /bc-authorize``: accept a request and push it to the patient's wallet."""
+        now = self._now()
+        with self._store.transaction() as repo:
+            client = self._client(repo, form, endpoint)
+            accepted = ciba.backchannel_authenticate(
+                form,
+                client=client.info,
+                users=_Users(repo),
+                catalog=self.catalog,
+                policy=self.policy,
+                now=now,
+            )
+            repo.requests.add(accepted.request)
+            _record(repo, accepted.event)
+        with self._arrived:
+            self._arrived.notify_all()
+        return OAuthAnswer(200, accepted.response, _NO_STORE)
+
+    def token(self, form: Mapping[str, str], *, endpoint: str) -> OAuthAnswer:
+        """``POST /token``: the CIBA poll; the access token once the patient approved."""
+        now = self._now()
+        with self._store.transaction() as repo:
+            client = self._client(repo, form, endpoint)
+            try:
+                token_request = ciba.parse_token_request(form)
+            except OAuthError as exc:
+                return _error(exc)
+            stored = repo.requests.get(token_request.auth_req_id)
+            answer = ciba.poll(
+                stored, token_request, client=client.info, policy=self.policy, now=now
+            )
+            if answer.error is not None:
+                # Committed with the answer: the slow_down interval and the client's
+                # assertion jti stay recorded although the client hears an error.
+                if answer.store is not None and stored is not None:
+                    repo.requests.replace(stored, answer.store)
+                return _error(answer.error)
+            assert answer.store is not None
+            assert stored is not None
+            issued_for = answer.store
+            assert issued_for.grant_id is not None
+            assert issued_for.granted is not None
+            assert issued_for.acr is not None
+            assert issued_for.auth_time is not None
+            issued = self._issuer.issue(
+                sub=issued_for.user_id,
+                audience=self.issuer,
+                client_id=client.client_id,
+                grant_id=issued_for.grant_id,
+                details=issued_for.granted,
+                acr=issued_for.acr,
+                auth_time=issued_for.auth_time,
+                now=now,
+            )
+            if not repo.requests.replace(stored, issued_for):
+                # Another poll won the compare-and-set: its token is the one token.
+                raise Conflict("the token for this auth_req_id was just issued")
+            _record(repo, ciba.token_issued_event(issued_for, jti=issued.claims.jti, now=now))
+        return OAuthAnswer(200, token_response(issued), _NO_STORE)
+
+    def introspect(self, form: Mapping[str, str], *, endpoint: str) -> OAuthAnswer:
+        """``POST /introspect`` (RFC 7662): the live state of a token."""
+        with self._store.transaction() as repo:
+            client = self._client(repo, form, endpoint)
+            body = introspect(
+                form,
+                caller=client.client_id,
+                verifier=self._verifier,
+                store=repo.grants,
+                now=self._now(),
+            )
+        return OAuthAnswer(200, body, _NO_STORE)
+
+    def revoke(self, form: Mapping[str, str], *, endpoint: str) -> OAuthAnswer:
+        """``POST /revoke`` (RFC 7009): the app gives up its grant; 200 whatever it was."""
+        now = self._now()
+        with self._store.transaction() as repo:
+            client = self._client(repo, form, endpoint)
+            event = revoke_token(
+                form, client=client.info, verifier=self._verifier, store=repo.grants, now=now
+            )
+            if event is not None:
+                assert event.grant_id is not None
+                self._consent_revoked(repo, event.grant_id)
+                _record(repo, event)
+        return OAuthAnswer(200, {}, _NO_STORE)
+
+    # ── the patient: enrollment ─────────────────────────────────────────────────────
+
+    def enroll(self, caller: str, request: IdentityEnroll, *, network: str) -> IdentityState:
+        """Enroll (or add) the patient's proofs. Replacing a password needs the current one."""
+        user = _own(caller, request.user_id)
+        device = (
+            DeviceKey.from_pem(request.device_key_pem.encode()) if request.device_key_pem else None
+        )
+        certificate = (
+            parse_certificate(request.certificate_pem.encode()) if request.certificate_pem else None
+        )
+        for channel, address in (("sms", request.sms), ("email", request.email)):
+            if address is not None:
+                check_destination(OtpChannel(channel), address)
+        new_hash = self._passwords.hash(request.password) if request.password else None
+        totp_uri: str | None = None
+        now = self._now()
+        with self._store.transaction() as repo:
+            creds = repo.credentials
+            current = creds.password_hash(user)
+            if new_hash is not None and current is not None:
+                # Changing a password is a proof in itself: the current one, lockout-guarded.
+                self._verify_password(repo, user, request.current_password or "").unwrap()
+            if new_hash is not None:
+                creds.set_password_hash(user, new_hash)
+            if device is not None:
+                creds.add_device_key(user, device)
+            if certificate is not None:
+                creds.set_certificate(user, request.certificate_pem or "")
+            if request.sms is not None:
+                creds.set_contact(user, "sms", request.sms)
+            if request.email is not None:
+                creds.set_contact(user, "email", request.email)
+            if request.totp:
+                enrollment = new_totp_enrollment()
+                repo.totp.put(user, enrollment)
+                totp_uri = provisioning_uri(enrollment, user, _ISSUER_NAME)
+            if creds.environment(user) is None:
+                creds.set_environment(user, self._fingerprint(request.environment, network))
+            state = self._identity(repo, user, totp_uri)
+            repo.log_event(
+                "identity.enroll",
+                user,
+                {"proofs": ",".join(state.proofs), "at": now},
+            )
+        return state
+
+    def identity(self, user: str) -> IdentityState:
+        with self._store.transaction() as repo:
+            return self._identity(repo, user, None)
+
+    @staticmethod
+    def _identity(repo: AuthzRepository, user: str, totp_uri: str | None) -> IdentityState:
+        creds = repo.credentials
+        kinds: list[Any] = []
+        if creds.password_hash(user) is not None:
+            kinds.append(ProofKind.PASSWORD.value)
+        if repo.totp.get(user) is not None:
+            kinds.append(ProofKind.TOTP.value)
+        if creds.contact(user, "sms") is not None:
+            kinds.append(ProofKind.OTP_SMS.value)
+        if creds.contact(user, "email") is not None:
+            kinds.append(ProofKind.OTP_EMAIL.value)
+        keys = creds.device_keys(user)
+        if keys:
+            kinds.append(ProofKind.DEVICE_SIGNATURE.value)
+        if creds.certificate(user) is not None:
+            kinds.append(ProofKind.X509_SIGNATURE.value)
+        return IdentityState(
+            user_id=user,
+            proofs=kinds,
+            device_key_ids=[key.key_id for key in keys],
+            totp_uri=totp_uri,
+        )
+
+    # ── the patient: inbox ───────────────────────────────────────────────────────────
+
+    def nonce(self, request_id: str) -> bytes:
+        """The approval nonce of a request: a MAC of its id under the platform's secret —
+        unpredictable to anyone else, the same in every worker, never stored."""
+        return hmac.new(
+            self._keys.secret, _NONCE_LABEL + request_id.encode(), hashlib.sha256
+        ).digest()
+
+    def inbox(self, caller: str, request: InboxRequest) -> Inbox:
+        """The patient's pending requests; with ``wait``, held until one arrives."""
+        user = _own(caller, request.user_id)
+        deadline = time.monotonic() + request.wait
+        waiting = request.wait > 0 and self._long_polls.acquire(blocking=False)
+        try:
+            while True:
+                with self._store.transaction() as repo:
+                    pending = repo.requests.pending_for(user, self._now())
+                left = deadline - time.monotonic()
+                if pending or not waiting or left <= 0:
+                    return Inbox(requests=[self._pending_view(r) for r in pending])
+                with self._arrived:
+                    self._arrived.wait(min(left, _LONG_POLL_SLICE))
+        finally:
+            if waiting:
+                self._long_polls.release()
+
+    def _pending_view(self, request: ciba.AuthRequest) -> PendingRequest:
+        view = request.wallet_view()
+        return PendingRequest(
+            request_id=view["request_id"],
+            client_id=view["client_id"],
+            client_name=view["client_name"],
+            scenario=view["scenario"],
+            purpose=view["purpose"],
+            binding_message=view["binding_message"],
+            authorization_details=view["authorization_details"],
+            method=PendingMethod(**view["method"]),
+            expires_at=view["expires_at"],
+            nonce=self.nonce(request.request_id),
+        )
+
+    def send_otp(self, caller: str, request: OtpSend) -> OtpSent:
+        """Send a one-time code for a pending request to the patient's enrolled contact."""
+        user = _own(caller, request.user_id)
+        channel = OtpChannel(request.channel)
+        with self._store.transaction() as repo:
+            found = repo.requests.by_request_id(request.request_id)
+            if found is None or found.user_id != user:
+                raise NotFound("no such authorization request")
+            if found.effective_state(self._now()) is not ciba.CibaState.PENDING:
+                raise Conflict("the authorization request is no longer pending")
+            destination = repo.credentials.contact(user, request.channel)
+            if destination is None:
+                raise Conflict(f"no {request.channel} contact is enrolled")
+            codes = OneTimeCodes(self._keys.secret, repo.otp, self._gateway, clock=self._clock)
+            challenge = codes.send(
+                user_id=user,
+                request_id=request.request_id,
+                channel=channel,
+                destination=destination,
+            )
+            repo.log_event(
+                "identity.otp_sent",
+                user,
+                {"request_id": request.request_id, "channel": request.channel},
+            )
+        return OtpSent(
+            challenge_id=challenge.challenge_id,
+            channel=request.channel,
+            expires_at=int(challenge.expires_at),
+        )
+
+    # ── the patient decides ──────────────────────────────────────────────────────────
+
+    def decide(self, caller: str, request: AuthzDecision, *, network: str) -> AuthzOutcome:
+        """Approve (all or part, with proofs) or deny a pending request."""
+        user = _own(caller, request.user_id)
+        now = self._now()
+        with self._store.transaction() as repo:
+            pending = repo.requests.by_request_id(request.request_id)
+            if pending is None or pending.user_id != user:
+                raise NotFound("no such authorization request")
+        if request.decision == "deny":
+            return self._deny(pending, user, now)
+        approved = (
+            None
+            if request.authorization_details is None
+            else parse_authorization_details(request.authorization_details)
+        )
+        granted = narrow(pending.decision.scope, approved)
+        challenge = ApprovalChallenge.create(
+            pending.request_id, dump_details(granted), self.nonce(pending.request_id)
+        )
+        fingerprint = self._fingerprint(request.environment, network)
+        kinds = self._verify_proofs(user, pending, request.proofs, challenge)
+        with self._store.transaction() as repo:
+            current = repo.requests.by_request_id(request.request_id)
+            assert current is not None
+            changed = repo.credentials.environment(user) not in (None, fingerprint)
+            self._check_environment(current, kinds, changed)
+            decided = ciba.approve(
+                current,
+                user_id=user,
+                proofs=kinds,
+                catalog=self.catalog,
+                now=now,
+                approved=approved,
+            )
+            new = decided.request
+            assert new.grant_id is not None
+            assert new.granted is not None
+            assert new.acr is not None
+            if not repo.requests.replace(current, new):
+                raise Conflict("the authorization request changed meanwhile; look again")
+            grant, granted_event = create_grant(
+                grant_id=new.grant_id,
+                user_id=user,
+                client_id=new.client_id,
+                scenario=new.decision.scenario.name,
+                details=new.granted,
+                acr=new.acr,
+                proofs=kinds,
+                auth_time=new.auth_time or now,
+                now=now,
+            )
+            repo.grants.add(grant)
+            repo.grants.set_consent(
+                grant.grant_id,
+                build_consent(
+                    grant,
+                    client_name=new.client_name,
+                    purpose_of_use=new.decision.scenario.purpose_of_use,
+                ),
+            )
+            repo.credentials.set_environment(user, fingerprint)
+            _record(repo, decided.event)
+            _record(repo, granted_event)
+        self._ping(decided.ping)
+        return AuthzOutcome(
+            request_id=new.request_id,
+            state="approved",
+            grant_id=grant.grant_id,
+            acr=grant.acr,
+            authorization_details=dump_details(grant.details),
+        )
+
+    def _deny(self, pending: ciba.AuthRequest, user: str, now: int) -> AuthzOutcome:
+        with self._store.transaction() as repo:
+            current = repo.requests.by_request_id(pending.request_id)
+            assert current is not None
+            decided = ciba.deny(current, user_id=user, now=now)
+            if not repo.requests.replace(current, decided.request):
+                raise Conflict("the authorization request changed meanwhile; look again")
+            _record(repo, decided.event)
+        self._ping(decided.ping)
+        return AuthzOutcome(request_id=pending.request_id, state="denied")
+
+    def _check_environment(
+        self, request: ciba.AuthRequest, kinds: frozenset[ProofKind], changed: bool
+    ) -> None:
+        """RFC 9470 trigger (a): a new login environment needs one level more."""
+        if not changed:
+            return
+        needed = request.decision.method.level
+        raised = _LEVELS[min(needed.rank, len(_LEVELS) - 1)]
+        reached = self.catalog.level_reached(kinds)
+        if reached is None or reached.rank < raised.rank:
+            raise InsufficientUserAuthentication(
+                "the login environment changed: give one more proof",
+                acr_values=tuple(level.acr for level in raised.at_least()),
+                max_age=self.catalog.step_up.max_age,
+            )
+
+    def _verify_proofs(
+        self,
+        user: str,
+        request: ciba.AuthRequest,
+        proofs: Proofs,
+        challenge: ApprovalChallenge,
+    ) -> frozenset[ProofKind]:
+        """Check every proof given, lockout-guarded; failures are charged and recorded
+        (this transaction commits) before the first one is raised."""
+        verified: set[ProofKind] = set()
+        failure: Exception | None = None
+        with self._store.transaction() as repo:
+            lockout = Lockout(repo.lockout, self._lockout_policy, clock=self._clock)
+            for kind, verify in self._verifiers(repo, user, request, proofs, challenge):
+                attempt = lockout.attempt(user, kind, verify)
+                repo.log_event(
+                    "identity.proof",
+                    user,
+                    {**_flat(attempt.event.to_dict()), "request_id": request.request_id},
+                )
+                if attempt.accepted:
+                    verified.add(kind)
+                elif failure is None:
+                    failure = attempt.error
+        if failure is not None:
+            raise failure
+        if not verified:
+            raise InsufficientUserAuthentication(
+                f"no proof given: {request.decision.method.describe()}",
+                acr_values=tuple(lvl.acr for lvl in request.decision.method.level.at_least()),
+            )
+        return frozenset(verified)
+
+    def _verifiers(
+        self,
+        repo: AuthzRepository,
+        user: str,
+        request: ciba.AuthRequest,
+        proofs: Proofs,
+        challenge: ApprovalChallenge,
+    ) -> list[tuple[ProofKind, Callable[[], object]]]:
+        out: list[tuple[ProofKind, Callable[[], object]]] = []
+        if proofs.password is not None:
+            out.append(
+                (ProofKind.PASSWORD, lambda: self._password(repo, user, proofs.password or ""))
+            )
+        if proofs.totp is not None:
+            totp = TotpVerifier(repo.totp, clock=self._clock)
+            out.append((ProofKind.TOTP, lambda: totp.verify(user, proofs.totp or "")))
+        if proofs.otp_challenge_id is not None:
+            sent = repo.otp.get(proofs.otp_challenge_id)
+            channel = sent.channel if sent is not None else OtpChannel("sms")
+            kind = ProofKind.OTP_EMAIL if channel.value == "email" else ProofKind.OTP_SMS
+            codes = OneTimeCodes(self._keys.secret, repo.otp, self._gateway, clock=self._clock)
+            out.append(
+                (
+                    kind,
+                    lambda: codes.verify(
+                        challenge_id=proofs.otp_challenge_id or "",
+                        user_id=user,
+                        request_id=request.request_id,
+                        code=proofs.otp_code or "",
+                    ),
+                )
+            )
+        if proofs.device_signature is not None:
+            out.append(
+                (
+                    ProofKind.DEVICE_SIGNATURE,
+                    lambda: self._device(repo, user, proofs, challenge),
+                )
+            )
+        if proofs.x509_signature is not None:
+            out.append(
+                (ProofKind.X509_SIGNATURE, lambda: self._certificate(repo, user, proofs, challenge))
+            )
+        return out
+
+    def _password(self, repo: AuthzRepository, user: str, password: str) -> None:
+        rehash = self._passwords.verify(repo.credentials.password_hash(user), password)
+        if rehash is not None:
+            repo.credentials.set_password_hash(user, rehash)
+
+    def _verify_password(self, repo: AuthzRepository, user: str, password: str) -> Any:
+        lockout = Lockout(repo.lockout, self._lockout_policy, clock=self._clock)
+        return lockout.attempt(
+            user, ProofKind.PASSWORD, lambda: self._password(repo, user, password)
+        )
+
+    @staticmethod
+    def _device(
+        repo: AuthzRepository, user: str, proofs: Proofs, challenge: ApprovalChallenge
+    ) -> None:
+        keys = {key.key_id: key for key in repo.credentials.device_keys(user)}
+        key = keys.get(proofs.device_key_id or "")
+        if key is None:
+            raise ProofRejected("device: no such enrolled key")
+        verify_device_approval(key, challenge, proofs.device_signature or b"")
+
+    def _certificate(
+        self, repo: AuthzRepository, user: str, proofs: Proofs, challenge: ApprovalChallenge
+    ) -> None:
+        enrolled = repo.credentials.certificate(user)
+        if self._x509 is None or enrolled is None or not proofs.certificate_chain_pem:
+            raise ProofRejected("x509: no trust anchors or no enrolled certificate")
+        chain = x509.load_pem_x509_certificates(proofs.certificate_chain_pem.encode())
+        binding = CertificateBinding.from_certificate(parse_certificate(enrolled.encode()))
+        self._x509.verify(
+            binding=binding,
+            challenge=challenge,
+            signature=proofs.x509_signature or b"",
+            certificate=chain[0].public_bytes(_PEM),
+            intermediates=[c.public_bytes(_PEM) for c in chain[1:]],
+        )
+
+    def _fingerprint(self, environment: Environment, network: str) -> str:
+        data = b"\x00".join(
+            (
+                _ENV_LABEL,
+                environment.user_agent.encode(),
+                environment.device.encode(),
+                network.encode(),
+            )
+        )
+        return hmac.new(self._keys.secret, data, hashlib.sha256).hexdigest()
+
+    def _ping(self, ping: ciba.Ping | None) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+        if ping is not None and self._pinger is not None:
+            self._pinger(ping)
+
+    # ── the patient's grants ─────────────────────────────────────────────────────────
+
+    def grants(self, caller: str, request: GrantsRequest) -> GrantList:
+        user = _own(caller, request.user_id)
+        now = self._now()
+        with self._store.transaction() as repo:
+            return GrantList(grants=[_grant_view(g, now) for g in repo.grants.for_user(user)])
+
+    def revoke_grant(self, caller: str, request: GrantRevoke) -> GrantList:
+        """Revoke a grant for the patient; effective for the very next use."""
+        user = _own(caller, request.user_id)
+        now = self._now()
+        with self._store.transaction() as repo:
+            grant, event = revoke_grant(
+                repo.grants, request.grant_id, by="patient", actor=user, now=now
+            )
+            self._consent_revoked(repo, grant.grant_id)
+            _record(repo, event)
+            return GrantList(grants=[_grant_view(grant, now)])
+
+    @staticmethod
+    def _consent_revoked(repo: AuthzRepository, grant_id: str) -> None:
+        document = repo.grants.consent(grant_id)
+        if document is not None:
+            repo.grants.set_consent(grant_id, revoke_consent(document))
+
+    def consent(self, user: str, grant_id: str) -> dict[str, Any]:
+        """The FHIR Consent stored with one of the patient's grants."""
+        with self._store.transaction() as repo:
+            grant = repo.grants.get(grant_id)
+            document = repo.grants.consent(grant_id) if grant is not None else None
+            if grant is None or grant.user_id != user or document is None:
+                raise NotFound("no such grant")
+            return document
+
+    # ── the live gates ───────────────────────────────────────────────────────────────
+
+    def check_use(
+        self,
+        token: str | None,
+        *,
+        client_id: str,
+        action: Action,
+        record: RecordRef,
+        owner: str,
+    ) -> Use:
+        """Allow a third party's ``action`` on ``record`` (of patient ``owner``) for its
+        token? Reads the live grant: a revocation counts from the very next call."""
+        if token is None:
+            raise InvalidToken("an access token is required")
+        now = self._now()
+        claims = self._verifier.verify(token, now=now)
+        if claims.client_id != client_id:
+            raise InvalidToken("the token was issued to another client")
+        with self._store.transaction() as repo:
+            try:
+                use = check(
+                    repo.grants, claims, action, record, owner=owner, now=now, catalog=self.catalog
+                )
+            except OAuthError as exc:
+                if exc.audit_event is not None:
+                    _record(repo, exc.audit_event)
+                refusal = exc
+            else:
+                _record(repo, use.event)
+                return use
+        raise refusal
+
+    def require_grant(
+        self, *, user_id: str, client_id: str, action: Action, record: RecordRef
+    ) -> Grant:
+        """A live grant of ``user_id`` to ``client_id`` allowing ``action`` on ``record``
+        (the share gate: the patient shares only with whom they granted)."""
+        now = self._now()
+        with self._store.transaction() as repo:
+            for grant in repo.grants.for_user(user_id):
+                if grant.client_id != client_id or grant.live_status(now) != "active":
+                    continue
+                if any(e.allows(action, record) and grant.in_force(e, now) for e in grant.details):
+                    _record(
+                        repo,
+                        AuditEvent(
+                            kind=AuditKind.USED,
+                            at=now,
+                            user_id=user_id,
+                            client_id=client_id,
+                            grant_id=grant.grant_id,
+                            scenario=grant.scenario,
+                            actor=user_id,
+                            action=action,
+                            his_id=record.his_id,
+                            p_id=record.p_id,
+                        ),
+                    )
+                    return grant
+        raise Forbidden(f"no live grant lets {client_id} {action} this record")
+
+
+# ── helpers ───────────────────────────────────────────────────────────────────────
+
+_PEM: Final = Encoding.PEM
+_LEVELS: Final = (AssuranceLevel.LOW, AssuranceLevel.SUBSTANTIAL, AssuranceLevel.HIGH)
+
+
+def _own(caller: str, user_id: str) -> str:
+    if caller != user_id:
+        raise Forbidden("user_id does not match the client certificate")
+    return user_id
+
+
+def _error(exc: OAuthError) -> OAuthAnswer:
+    return OAuthAnswer(exc.status, {**exc.to_problem(), **exc.to_oauth()}, exc.headers())
+
+
+def _flat(values: Mapping[str, Any]) -> dict[str, str | int | bool | None]:
+    return {
+        key: value if isinstance(value, str | int | bool) or value is None else str(value)
+        for key, value in values.items()
+    }
+
+
+def _record(repo: AuthzRepository, event: AuditEvent) -> None:
+    data = event.as_dict()
+    kind = str(data.pop("kind"))
+    repo.log_event(kind, event.user_id, _flat(data))
+
+
+def _grant_view(grant: Grant, now: int) -> GrantView:
+    return GrantView(**grant.view(now))
