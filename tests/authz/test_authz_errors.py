@@ -24,6 +24,7 @@ SPEC = {
     oauth.UnauthorizedClient: ("unauthorized_client", 400),
     oauth.InvalidClient: ("invalid_client", 401),
     oauth.InvalidAuthorizationDetails: ("invalid_authorization_details", 400),
+    oauth.InvalidClientMetadata: ("invalid_client_metadata", 400),
     oauth.UnsupportedTokenType: ("unsupported_token_type", 400),
     oauth.UnknownUserId: ("unknown_user_id", 400),
     oauth.ExpiredLoginHintToken: ("expired_login_hint_token", 400),

@@ -16,6 +16,7 @@ endpoints answer :meth:`OAuthError.to_oauth` (RFC 6749 §5.2 body) with
     ├── InvalidClient          (Unauthenticated)  401   invalid_client         RFC 6749 §5.2
     ├── InvalidAuthorizationDetails (InvalidInput) 400  invalid_authorization_details
     │                                                                          RFC 9396 §5
+    ├── InvalidClientMetadata  (InvalidInput)     400   invalid_client_metadata RFC 7591 §3.2.2
     ├── UnsupportedTokenType   (InvalidInput)     400   unsupported_token_type RFC 7009 §2.2.1
     ├── UnknownUserId          (InvalidInput)     400   unknown_user_id        CIBA §13
     ├── ExpiredLoginHintToken  (InvalidInput)     400   expired_login_hint_token CIBA §13
@@ -73,6 +74,7 @@ __all__ = [
     "InvalidAuthorizationDetails",
     "InvalidBindingMessage",
     "InvalidClient",
+    "InvalidClientMetadata",
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
@@ -217,6 +219,15 @@ class InvalidAuthorizationDetails(OAuthError, InvalidInput):
     title = "Invalid authorization details"
     status = 400
     error = "invalid_authorization_details"
+
+
+class InvalidClientMetadata(OAuthError, InvalidInput):
+    """A client metadata value is invalid or not supported (RFC 7591 §3.2.2)."""
+
+    problem = "oauth-invalid-client-metadata"
+    title = "Invalid client metadata"
+    status = 400
+    error = "invalid_client_metadata"
 
 
 class UnsupportedTokenType(OAuthError, InvalidInput):
