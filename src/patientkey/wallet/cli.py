@@ -4,14 +4,25 @@ Every command reads the wallet's TOML settings (``--config``) and opens the
 encrypted keystore with the passphrase from ``PATIENTKEY_PASSPHRASE`` (never
 an argument: arguments end up in shell history and process lists). Output
 never contains key bytes; record contents are shown only by ``show``.
+
+Patient-approved authorization: ``identity`` (enroll proofs), ``requests``,
+``approve`` / ``deny``, ``otp``, ``grants``, ``revoke``. The platform password
+comes from ``PATIENTKEY_PASSWORD`` (a new one from ``PATIENTKEY_NEW_PASSWORD``)
+or a hidden prompt; one-time codes (TOTP, SMS/email) may be options, as they
+are worthless once used.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -304,3 +315,381 @@ def status(
             third.add_row(t.b_id, str(t.kub_version or "-"), ", ".join(map(str, t.versions)) or "-")
         _out.print(third)
     _out.print(f"records in the wallet: {state.cached_records}")
+
+
+# ── patient-approved authorization ─────────────────────────────────────────────────
+
+PASSWORD_ENV = "PATIENTKEY_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+NEW_PASSWORD_ENV = "PATIENTKEY_NEW_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+
+
+class Channel(StrEnum):
+    SMS = "sms"
+    EMAIL = "email"
+
+
+class DeviceKind(StrEnum):
+    ML_DSA_65 = "ml-dsa-65"
+    ED25519 = "ed25519"
+
+
+RequestArgument = Annotated[str, typer.Argument(help="The request (see `wallet requests`).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _secret(env: str, prompt: str, *, confirm: bool = False) -> str:
+    """A secret from ``env`` or a hidden prompt: never from the command line."""
+    value = os.environ.get(env, "")
+    if value:
+        return value
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+
+
+def _when(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _seconds(value: int | None) -> str:
+    if value is None:
+        return "no limit"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if value % size == 0:
+            count = value // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{value} seconds"
+
+
+def _what(details: list[dict[str, Any]]) -> str:
+    """One line per authorization_details object: actions, data, records, duration."""
+    lines = []
+    for entry in details:
+        records = entry.get("records", {})
+        where = []
+        if "ids" in records:
+            where.append(", ".join(records["ids"]))
+        if "his_id" in records:
+            where.append(f"at {records['his_id']}")
+        if "from" in records or "to" in records:
+            where.append(f"{records.get('from', '…')} to {records.get('to', '…')}")
+        lines.append(
+            f"{', '.join(entry.get('actions', []))} · {', '.join(entry.get('record_types', []))}"
+            f" · {' '.join(where) or 'records'} · {_seconds(entry.get('duration'))}"
+        )
+    return "\n".join(lines)
+
+
+def _echo_json(value: object) -> None:
+    # Plain stdout, no rich wrapping or colour: meant for programs.
+    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _qr(text: str) -> str:
+    import segno  # pure Python; imported here so the CLI starts fast
+
+    buffer = io.StringIO()
+    segno.make(text, error="m", micro=False).terminal(out=buffer, compact=True)
+    return buffer.getvalue()
+
+
+@app.command()
+def identity(  # noqa: PLR0917 - typer passes every option by name
+    config: ConfigOption,
+    password: Annotated[
+        bool,
+        typer.Option(
+            "--password/--no-password",
+            help=f"Set or replace the password (from {NEW_PASSWORD_ENV} or a hidden prompt).",
+        ),
+    ] = False,
+    current_password: Annotated[
+        bool,
+        typer.Option(
+            "--current-password",
+            help=f"Replacing a password: give the current one ({PASSWORD_ENV} or a prompt).",
+        ),
+    ] = False,
+    totp: Annotated[
+        bool, typer.Option("--totp", help="Enroll a (new) TOTP authenticator; shown once.")
+    ] = False,
+    sms: Annotated[
+        str | None, typer.Option("--sms", help="Phone number for one-time codes by SMS.")
+    ] = None,
+    email: Annotated[
+        str | None, typer.Option("--email", help="Address for one-time codes by email.")
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate", help="A PEM signing certificate (X.509 proofs).", dir_okay=False
+        ),
+    ] = None,
+    device_algorithm: Annotated[
+        DeviceKind, typer.Option("--device-algorithm", help="For a new device key only.")
+    ] = DeviceKind.ML_DSA_65,
+) -> None:
+    """Enroll identity proofs at the platform; the device key is created the first time."""
+    from patientkey.identity.device import DeviceAlgorithm
+
+    new = _secret(NEW_PASSWORD_ENV, "new password", confirm=True) if password else None
+    current = _secret(PASSWORD_ENV, "current password") if current_password else None
+    pem = None
+    if certificate is not None:
+        try:
+            pem = certificate.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read {certificate}: {exc}", 2)
+    algorithm = {
+        DeviceKind.ML_DSA_65: DeviceAlgorithm.ML_DSA_65,
+        DeviceKind.ED25519: DeviceAlgorithm.ED25519,
+    }[device_algorithm]
+    with _wallet(config) as core:
+        state = core.authz.enroll_identity(
+            password=new,
+            totp=totp,
+            sms=sms,
+            email=email,
+            certificate_pem=pem,
+            current_password=current,
+            algorithm=algorithm,
+        )
+        key_id = core.authz.device_key_id
+    table = Table(title=f"identity proofs of {state.user_id}")
+    table.add_column("proof")
+    table.add_column("enrolled")
+    for kind in ("password", "totp", "otp_sms", "otp_email", "device_signature", "x509_signature"):
+        table.add_row(kind, "yes" if kind in state.proofs else "-")
+    _out.print(table)
+    mine = "enrolled" if key_id in state.device_key_ids else "NOT enrolled"
+    _out.print(f"this wallet's device key: {key_id} ({mine})", highlight=False)
+    if state.totp_uri is not None:
+        _out.print(
+            "[bold]Add this to your authenticator app now; it is shown only once:[/]",
+            highlight=False,
+        )
+        _out.out(state.totp_uri, highlight=False)
+        _out.out(_qr(state.totp_uri), highlight=False)
+
+
+@app.command()
+def requests(
+    config: ConfigOption,
+    wait: Annotated[
+        int, typer.Option("--wait", min=0, max=3600, help="Wait this long for a request.")
+    ] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Pending authorization requests: who asks, what, why, how long, which proofs."""
+    from patientkey.wallet.authz import MAX_INBOX_WAIT
+
+    with _errors():
+        # Each long poll must end before the HTTP client gives up on it.
+        per_call = max(1, min(MAX_INBOX_WAIT, int(_settings(config).timeout_s) - 2))
+    with _wallet(config) as core:
+        pending = core.authz.inbox(wait, per_call=per_call)
+    if as_json:
+        _echo_json([r.model_dump(mode="json", exclude={"nonce"}) for r in pending])
+        return
+    if not pending:
+        _out.print("no pending authorization requests")
+        return
+    table = Table(title=f"authorization requests for {core.user_id}", show_lines=True)
+    for column in ("request", "who", "why", "what · data · records · how long", "proofs"):
+        table.add_column(column)
+    for r in pending:
+        why = f"{r.scenario}: {r.purpose}"
+        if r.binding_message:
+            why += f'\nbinding message: "{r.binding_message}"'
+        table.add_row(
+            f"{r.request_id}\nexpires {_when(r.expires_at)}",
+            f"{r.client_name}\n({r.client_id})",
+            why,
+            _what(r.authorization_details),
+            r.method.description,
+        )
+    _out.print(table)
+    _out.print(
+        "approve with `patientkey wallet approve REQUEST_ID` (narrow with --actions, "
+        "--records, --duration) or refuse with `patientkey wallet deny REQUEST_ID`",
+        highlight=False,
+    )
+
+
+@app.command()
+def otp(
+    request_id: RequestArgument,
+    config: ConfigOption,
+    channel: Annotated[Channel, typer.Option("--channel", help="sms or email.")] = Channel.SMS,
+) -> None:
+    """Have a one-time code sent for a request (then: approve --otp-challenge ID --otp-code)."""
+    with _wallet(config) as core:
+        sent = core.authz.send_otp(request_id, channel.value)
+    _out.print(
+        f"one-time code sent by {sent.channel}; challenge {sent.challenge_id}, "
+        f"valid until {_when(sent.expires_at)}",
+        highlight=False,
+    )
+
+
+@app.command()
+def approve(  # noqa: PLR0917 - typer passes every option by name
+    request_id: RequestArgument,
+    config: ConfigOption,
+    totp: Annotated[
+        str | None, typer.Option("--totp", help="A code from the authenticator app.")
+    ] = None,
+    otp_channel: Annotated[
+        Channel | None,
+        typer.Option("--otp", help="Send a one-time code by sms or email, then ask for it."),
+    ] = None,
+    otp_code: Annotated[
+        str | None, typer.Option("--otp-code", help="The one-time code (instead of a prompt).")
+    ] = None,
+    otp_challenge: Annotated[
+        str | None,
+        typer.Option("--otp-challenge", help="A code sent earlier by `wallet otp` (challenge id)."),
+    ] = None,
+    password: Annotated[
+        bool,
+        typer.Option("--password", help=f"Give the password ({PASSWORD_ENV} or a hidden prompt)."),
+    ] = False,
+    no_device: Annotated[
+        bool, typer.Option("--no-device", help="Do not sign with this wallet's device key.")
+    ] = False,
+    actions: Annotated[
+        str | None, typer.Option("--actions", help="Approve only these actions, e.g. view,fetch.")
+    ] = None,
+    records: Annotated[
+        str | None,
+        typer.Option("--records", help="Approve only these records (P_IDs), e.g. P1,P2."),
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option("--duration", help="Approve for at most this long, e.g. P7D.")
+    ] = None,
+    x509_chain: Annotated[
+        Path | None,
+        typer.Option(
+            "--x509-chain",
+            help="Sign also with this certificate (PEM chain, leaf first).",
+            dir_okay=False,
+        ),
+    ] = None,
+    x509_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--x509-key", help="The certificate's private key (PKCS#8 PEM file).", dir_okay=False
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Approve a request, all of it or less, with proofs of identity."""
+    from patientkey.identity.x509sig import CertificatePrivateKey, load_certificate_private_key
+    from patientkey.wallet.authz import narrowed_details
+
+    if otp_channel is not None and otp_challenge is not None:
+        _fail("give either --otp (send a new code) or --otp-challenge (a code sent earlier)", 2)
+    if otp_challenge is not None and otp_code is None:
+        _fail("--otp-challenge needs --otp-code", 2)
+    if otp_code is not None and otp_channel is None and otp_challenge is None:
+        _fail("--otp-code goes with --otp or --otp-challenge", 2)
+    if (x509_chain is None) != (x509_key is None):
+        _fail("an X.509 signature needs both --x509-chain and --x509-key", 2)
+    secret = _secret(PASSWORD_ENV, "password") if password else None
+    x509: tuple[str, CertificatePrivateKey] | None = None
+    if x509_chain is not None and x509_key is not None:
+        with _errors():
+            try:
+                chain, key = x509_chain.read_text(encoding="ascii"), x509_key.read_bytes()
+            except (OSError, UnicodeDecodeError) as exc:
+                _fail(f"cannot read the certificate or its key: {exc}", 2)
+            x509 = (chain, load_certificate_private_key(key))
+    with _wallet(config) as core:
+        request = core.authz.pending(request_id)
+        approved = None
+        if actions is not None or records is not None or duration is not None:
+            approved = narrowed_details(
+                request.authorization_details,
+                actions=None if actions is None else _listed(actions),
+                records=None if records is None else _listed(records),
+                duration=duration,
+            )
+        one_time = None
+        if otp_channel is not None:
+            sent = core.authz.send_otp(request_id, otp_channel.value)
+            _err.print(
+                f"a one-time code was sent by {sent.channel}, valid until {_when(sent.expires_at)}",
+                highlight=False,
+            )
+            code = otp_code or str(typer.prompt("one-time code"))
+            one_time = (sent.challenge_id, code)
+        elif otp_challenge is not None and otp_code is not None:
+            one_time = (otp_challenge, otp_code)
+        outcome = core.authz.approve(
+            request,
+            approved_details=approved,
+            password=secret,
+            totp=totp,
+            otp=one_time,
+            device=not no_device,
+            x509=x509,
+        )
+    if as_json:
+        _echo_json(outcome.model_dump(mode="json"))
+        return
+    _out.print(
+        f"approved {request_id} for {request.client_name}: grant {outcome.grant_id} "
+        f"(assurance {outcome.acr})",
+        highlight=False,
+    )
+    _out.print(_what(outcome.authorization_details or []), highlight=False)
+    if approved is not None:
+        _out.print("(less than was asked: the app sees what you granted)", highlight=False)
+
+
+def _listed(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+@app.command()
+def deny(request_id: RequestArgument, config: ConfigOption) -> None:
+    """Refuse a request; the app learns access_denied."""
+    with _wallet(config) as core:
+        core.authz.deny(request_id)
+    _out.print(f"denied {request_id}", highlight=False)
+
+
+@app.command()
+def grants(config: ConfigOption, as_json: JsonOption = False) -> None:
+    """The access you granted: to whom, what, until when, with which proofs."""
+    with _wallet(config) as core:
+        listed = core.authz.grants()
+    if as_json:
+        _echo_json([g.model_dump(mode="json") for g in listed])
+        return
+    if not listed:
+        _out.print("no grants")
+        return
+    table = Table(title=f"grants of {core.user_id}", show_lines=True)
+    for column in ("grant", "to", "status", "what · data · records · how long", "until", "proofs"):
+        table.add_column(column)
+    for g in listed:
+        status = g.status if g.revoked_by is None else f"{g.status} by {g.revoked_by}"
+        table.add_row(
+            g.grant_id,
+            f"{g.client_id}\n({g.scenario})",
+            status,
+            _what(g.authorization_details),
+            _when(g.expires_at),
+            f"{', '.join(g.proofs)}\n{g.acr}",
+        )
+    _out.print(table)
+
+
+@app.command()
+def revoke(
+    grant_id: Annotated[str, typer.Argument(help="The grant (see `wallet grants`).")],
+    config: ConfigOption,
+) -> None:
+    """Revoke a grant: the app's very next request is refused."""
+    with _wallet(config) as core:
+        grant = core.authz.revoke(grant_id)
+    _out.print(f"revoked {grant.grant_id} ({grant.client_id}): its next use is refused")

@@ -4,7 +4,8 @@
 :class:`PlatformPort` (``call(path, message, reply_type)``:
 :class:`~patientkey.service.client.PeerClient` in production, an in-process
 platform in tests) and keeps its state in a :class:`~.store.StateStore` and a
-:class:`~.store.RecordCache`.
+:class:`~.store.RecordCache`. Patient-approved authorization (identity proofs,
+requests, decisions, grants) is :attr:`WalletCore.authz`, in :mod:`.authz`.
 
 Rules every operation follows:
 
@@ -98,6 +99,7 @@ from patientkey.protocol.routes import (
     SHARE_OFFER,
 )
 from patientkey.protocol.states import Rotation, RotationEvent, rotation_next
+from patientkey.wallet.authz import WalletAuthz
 from patientkey.wallet.hop import PoolSupply, PqPort, WalletHop
 from patientkey.wallet.store import (
     HospitalKeys,
@@ -252,10 +254,16 @@ class WalletCore:
         self._platform = platform
         self._pq = pq
         self._trust = trust
+        self._authz = WalletAuthz(state=state, save=self._save, call=self._call)
 
     @property
     def user_id(self) -> str:
         return self._state.user_id
+
+    @property
+    def authz(self) -> WalletAuthz:
+        """Patient-approved authorization: identity proofs, requests, decisions, grants."""
+        return self._authz
 
     @property
     def pool_remaining(self) -> int:

@@ -11,7 +11,17 @@ atomic file replacement::
                                     "current_version", "new_version", "nonce", "key"}}},
      "third_parties": {"<B_ID>": {"current": v, "keys": {"<v-1>": ..., "<v>": ...},
                                   "pending": null | {"version", "key"}}},
-     "pool": KeyPool.to_dict() | null}
+     "pool": KeyPool.to_dict() | null,
+     "install_id": null | "<random id>",
+     "device": null | {"algorithm": "ML-DSA-65" | "Ed25519", "seed": b64url(32 bytes),
+                       "enrolled": bool}}
+
+``install_id`` and ``device`` came with patient-approved authorization
+(:mod:`.authz`); a keystore written before them has neither and opens as it
+is: the install id is drawn and the device key generated (both saved before
+anything is sent) on first use. ``device.seed`` is the private key (the
+Ed25519 private key, or the ML-DSA-65 FIPS 204 seed ξ): it exists only in this
+encrypted document and in memory, never in a repr, a log line or a message.
 
 Sealed records are cached under ``<data_dir>/records/<HIS_ID>/<P_ID>.sealed``:
 ciphertext only (the body stays under its DEK, the DEK under KUH), written
@@ -21,21 +31,30 @@ atomically with mode 0600.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, Self
 
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, Keystore
 from patientkey.errors import Conflict, CryptoError, InvalidInput, NotFound, Unauthenticated
 from patientkey.fsutil import write_private
+from patientkey.identity.device import (
+    DeviceAlgorithm,
+    DeviceKey,
+    DevicePrivateKey,
+    generate_device_key,
+)
 from patientkey.keysupply.pool import KeyPool
 from patientkey.protocol.messages import B64Bytes, Ident
 from patientkey.protocol.states import Rotation
 
 __all__ = [
+    "DeviceSecret",
     "FileRecordCache",
     "HospitalKeys",
     "MemoryRecordCache",
@@ -47,6 +66,7 @@ __all__ = [
     "ThirdPartyKeys",
     "WalletKeystore",
     "WalletState",
+    "new_install_id",
 ]
 
 _FORMAT: Final = "patientkey-wallet"
@@ -134,6 +154,40 @@ class ThirdPartyKeys(BaseModel):
         return None if self.current is None else self.keys[self.current]
 
 
+class DeviceSecret(BaseModel):
+    """The patient's device signing key (:mod:`patientkey.identity.device`), private part.
+
+    ``enrolled`` is True once the platform confirmed it holds the public key; until
+    then every identity enrollment sends it again.
+    """
+
+    model_config = _MODEL
+
+    algorithm: DeviceAlgorithm
+    seed: B64Bytes = Field(min_length=32, max_length=32, repr=False)
+    enrolled: bool = False
+
+    @classmethod
+    def generate(cls, algorithm: DeviceAlgorithm = DeviceAlgorithm.ML_DSA_65) -> DeviceSecret:
+        key = generate_device_key(algorithm)
+        return cls(algorithm=algorithm, seed=key.private_bytes_raw())
+
+    def private_key(self) -> DevicePrivateKey:
+        if self.algorithm is DeviceAlgorithm.ED25519:
+            return ed25519.Ed25519PrivateKey.from_private_bytes(self.seed)
+        return mldsa.MLDSA65PrivateKey.from_seed_bytes(self.seed)
+
+    @property
+    def public(self) -> DeviceKey:
+        """The registration the platform holds (public key, ``key_id``)."""
+        return DeviceKey.from_public_key(self.private_key().public_key())
+
+
+def new_install_id() -> str:
+    """A random install id (``Environment.device``): names this wallet, says nothing else."""
+    return "w-" + secrets.token_hex(16)
+
+
 class _Stored(BaseModel):
     model_config = _MODEL
 
@@ -143,6 +197,9 @@ class _Stored(BaseModel):
     hospitals: dict[Ident, HospitalKeys]
     third_parties: dict[Ident, ThirdPartyKeys]
     pool: dict[str, Any] | None
+    # Optional: keystores written before patient-approved authorization lack them.
+    install_id: Ident | None = None
+    device: DeviceSecret | None = None
 
 
 @dataclass
@@ -153,6 +210,8 @@ class WalletState:
     hospitals: dict[str, HospitalKeys] = field(default_factory=dict)
     third_parties: dict[str, ThirdPartyKeys] = field(default_factory=dict, repr=False)
     pool: KeyPool | None = field(default=None, repr=False)
+    install_id: str | None = None
+    device: DeviceSecret | None = field(default=None, repr=False)
 
     def to_bytes(self) -> bytes:
         stored = _Stored(
@@ -162,6 +221,8 @@ class WalletState:
             hospitals=self.hospitals,
             third_parties=self.third_parties,
             pool=None if self.pool is None else self.pool.to_dict(),
+            install_id=self.install_id,
+            device=self.device,
         )
         return stored.model_dump_json().encode("utf-8")
 
@@ -176,6 +237,8 @@ class WalletState:
             hospitals=dict(stored.hospitals),
             third_parties=dict(stored.third_parties),
             pool=None if stored.pool is None else KeyPool.from_dict(stored.pool),
+            install_id=stored.install_id,
+            device=stored.device,
         )
 
 
