@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from thirdparty_helpers import B, Wallet, hop
+from thirdparty_helpers import B, Wallet, granted_token, hop
 
 from patientkey.kme.core import KmeCore
 from patientkey.pki import init_pki
@@ -29,6 +29,7 @@ from patientkey.storage.memory import thirdparty_store
 from patientkey.thirdparty.app import create_app
 from patientkey.thirdparty.core import ThirdPartyCore
 from patientkey.thirdparty.settings import ThirdPartyKeys
+from patientkey.thirdparty.tokens import MemoryTokenStore
 
 NAMES = ["kme", "platform", B, "hospital-1", "stranger"]
 SITES = {"KME_P": ["platform"], "KME_X": [B], "KME_H": ["hospital-1"]}
@@ -94,8 +95,16 @@ def platform_port() -> FakePlatform:
 
 
 @pytest.fixture
-def memory_core(keys: ThirdPartyKeys, platform_port: FakePlatform) -> ThirdPartyCore:
-    return ThirdPartyCore(B, thirdparty_store(), keys, platform=platform_port)
+def token_store() -> MemoryTokenStore:
+    """The pharmacy's tokens: one grant of the patient covering every prescription of HIS."""
+    return MemoryTokenStore([granted_token()])
+
+
+@pytest.fixture
+def memory_core(
+    keys: ThirdPartyKeys, platform_port: FakePlatform, token_store: MemoryTokenStore
+) -> ThirdPartyCore:
+    return ThirdPartyCore(B, thirdparty_store(), keys, platform=platform_port, tokens=token_store)
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +126,12 @@ def db(db_template: Path, tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def sql_core(db: Database, keys: ThirdPartyKeys, platform_port: FakePlatform) -> ThirdPartyCore:
-    return ThirdPartyCore(B, SqlStore(db, ThirdPartyRepo), keys, platform=platform_port)
+def sql_core(
+    db: Database, keys: ThirdPartyKeys, platform_port: FakePlatform, token_store: MemoryTokenStore
+) -> ThirdPartyCore:
+    return ThirdPartyCore(
+        B, SqlStore(db, ThirdPartyRepo), keys, platform=platform_port, tokens=token_store
+    )
 
 
 @dataclass

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from thirdparty_helpers import HIS, USER, B, Wallet, hospital_record
+from thirdparty_helpers import HIS, USER, B, Wallet, granted_token, hospital_record
 from typer.testing import CliRunner
 
 from patientkey.crypto import HpkePublicKey
@@ -20,6 +20,7 @@ from patientkey.thirdparty.cli import app
 from patientkey.thirdparty.core import ThirdPartyCore
 from patientkey.thirdparty.server import ThirdPartyRuntime
 from patientkey.thirdparty.settings import load_keys, load_thirdparty_settings
+from patientkey.thirdparty.tokens import TokenFile
 
 runner = CliRunner()
 PASSPHRASE = "pharmacy passphrase"
@@ -53,7 +54,15 @@ def local_core(config: Path, platform=None):
     with open_database(settings.database, Party.THIRDPARTY) as db:
         db.upgrade()
         keys = load_keys(settings.keystore)
-        yield ThirdPartyCore(B, SqlStore(db, ThirdPartyRepo), keys, platform=platform)
+        tokens = TokenFile(settings.token_path)
+        yield ThirdPartyCore(
+            B, SqlStore(db, ThirdPartyRepo), keys, platform=platform, tokens=tokens
+        )
+
+
+def hold_token(config: Path) -> None:
+    """Put a token of the patient's grant for every HIS prescription in the token file."""
+    TokenFile(load_thirdparty_settings(config).token_path).put_token(granted_token())
 
 
 def receive(config: Path, *p_ids: str) -> None:
@@ -76,12 +85,18 @@ def test_init_creates_a_keystore_and_refuses_to_replace_it(initialised, tmp_path
 
 
 def test_export_writes_the_registry_entry(initialised, tmp_path, pki):
-    """export writes b_id, KBP (b64url), the certificate and the certificate key's KBP signature."""
+    """export writes b_id, KBP (b64url), the certificate, its key's KBP signature, the client."""
     out = tmp_path / "registry.json"
     result = runner.invoke(app, ["export", "--config", str(initialised), "--out", str(out)])
     assert result.exit_code == 0, result.output
     entry = json.loads(out.read_text(encoding="ascii"))
-    assert set(entry) == {"b_id", "hpke_public", "certificate_pem", "hpke_signature"}
+    assert set(entry) == {
+        "b_id",
+        "hpke_public",
+        "certificate_pem",
+        "hpke_signature",
+        "oauth_client",
+    }
     assert entry["b_id"] == B
     assert "=" not in entry["hpke_public"]
     public = base64.urlsafe_b64decode(entry["hpke_public"] + "=" * (-len(entry["hpke_public"]) % 4))
@@ -140,6 +155,7 @@ def test_claim_complete_release_go_through_the_platform(initialised, monkeypatch
             yield ThirdPartyRuntime(settings=settings, core=core, hop=None)  # type: ignore[arg-type]
 
     receive(initialised, "p-1")
+    hold_token(initialised)
     monkeypatch.setattr(server, "open_runtime", runtime)
     claim = runner.invoke(app, ["claim", "--config", str(initialised), "--his", HIS, "p-1"])
     assert claim.exit_code == 0, claim.output
@@ -158,6 +174,8 @@ def test_claim_complete_release_go_through_the_platform(initialised, monkeypatch
 def test_claim_without_a_key_source_fails_closed(initialised):
     """No KME configured: the request cannot be sealed, nothing is sent, exit 1."""
     receive(initialised, "p-1")
+    hold_token(initialised)
     result = runner.invoke(app, ["claim", "--config", str(initialised), "--his", HIS, "p-1"])
     assert result.exit_code == 1
     assert "key" in result.output.lower()
+    assert "authorize" not in result.output  # the token was found: the key supply failed

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from patientkey.authz.rar import parse_authorization_details
 from patientkey.crypto import (
     HpkePublicKey,
     PublicRecipient,
@@ -23,6 +26,7 @@ from patientkey.kme.core import KmeCore
 from patientkey.protocol.channel import HopEnd
 from patientkey.protocol.messages import ShareReceipt, ShareRelay
 from patientkey.service.party import hop_context, qkd_hop_end
+from patientkey.thirdparty.oauth import TokenSet
 
 B = "pharmacy-1"
 HIS = "hospital-1"
@@ -43,6 +47,44 @@ def hop_pair(kme: KmeCore, me: str, peer: str) -> tuple[HopSender, HopReceiver]:
     return (
         HopSender(peer=peer, context=context, supply=supply),
         HopReceiver(peer=peer, context=context, supply=supply),
+    )
+
+
+def granted_token(
+    user: str = USER,
+    *,
+    his: str = HIS,
+    ids: list[str] | None = None,
+    actions: tuple[str, ...] = ("view", "fetch", "store", "use"),
+    expires_at: float | None = None,
+    grant_id: str = "grant-1",
+) -> TokenSet:
+    """A token as a CIBA flow would leave it: ``user``'s grant of ``actions`` on the
+    prescriptions of ``his`` (all, or ``ids``); the token text is random."""
+    records: dict[str, object] = {"his_id": his}
+    if ids is not None:
+        records["ids"] = ids
+    details = parse_authorization_details(
+        [
+            {
+                "type": "health_record_access",
+                "record_types": ["prescription"],
+                "records": records,
+                "actions": list(actions),
+                "purpose": "pharmacy_dispense",
+                "duration": 86400,
+            }
+        ]
+    )
+    now = int(time.time())
+    return TokenSet(
+        access_token="at." + secrets.token_urlsafe(32),
+        token_type="Bearer",
+        user_id=user,
+        expires_at=int(expires_at if expires_at is not None else now + 300),
+        obtained_at=now,
+        authorization_details=details,
+        grant_id=grant_id,
     )
 
 

@@ -31,16 +31,27 @@ Decisions beyond the letter of docs/protocol.md:
 Dispensing follows the platform: the local claim record (``claims`` table, states of
 ``CLAIM_TRANSITIONS``) is moved to what the platform answered; a claim is marked
 ``pending`` before the request goes out, so an unanswered request is visible.
+
+Every dispense request carries an RFC 9068 access token: the platform lets a third
+party claim, complete or release only under a live grant of the patient allowing
+``use`` on that prescription. The token comes from an injected
+:class:`~patientkey.thirdparty.tokens.TokenSource` (the CLI's CIBA flow fills it,
+``patientkey thirdparty authorize``); :func:`~patientkey.thirdparty.tokens.choose_token`
+picks it. Without one the dispense fails with
+:class:`~patientkey.thirdparty.tokens.NoAccessToken` before anything changes or leaves.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, Protocol, TypeVar
 
+from patientkey.authz.rar import RecordRef
 from patientkey.crypto import (
     SealedRecord,
     SymmetricRecipient,
@@ -72,6 +83,7 @@ from patientkey.protocol.routes import DISPENSE
 from patientkey.storage.repos import CLAIM_TRANSITIONS, Store, ThirdPartyRepository
 from patientkey.storage.schema import ClaimState
 from patientkey.thirdparty.settings import ThirdPartyKeys
+from patientkey.thirdparty.tokens import TokenSource, choose_token
 
 __all__ = [
     "NOT_RECEIVED",
@@ -89,6 +101,8 @@ M = TypeVar("M", bound=Message)
 NOT_RECEIVED: Final = "no such received record"
 MAX_KUB_VERSION: Final = 2**31 - 1
 DispenseAction = Literal["claim", "complete", "release"]
+#: The platform checks this action of the grant for claim, complete and release alike.
+_DISPENSE_ACTION: Final = "use"
 
 
 class PlatformPort(Protocol):
@@ -145,6 +159,8 @@ class ThirdPartyCore:
         keys: ThirdPartyKeys,
         *,
         platform: PlatformPort | None = None,
+        tokens: TokenSource | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not valid_party_name(b_id):
             raise ConfigError(f"invalid B_ID {b_id!r}")
@@ -155,6 +171,8 @@ class ThirdPartyCore:
         self._vault = KeyVault(b_id, keys.storage_key)
         self._store_kid = f"store:{b_id}"
         self._platform = platform
+        self._tokens = tokens
+        self._clock = clock
 
     # ------------------------------------------------------------------ op 4: share
 
@@ -288,22 +306,38 @@ class ThirdPartyCore:
             for state in _claim_path(self._claim(repo, his_id, p_id), target):
                 repo.set_claim(his_id, p_id, state)
 
+    def _access_token(self, user_id: str, his_id: str, p_id: str) -> str:
+        """The token to dispense under; NoAccessToken (saying what to run) if none."""
+        held = self._tokens.tokens_for(user_id) if self._tokens is not None else ()
+        record = RecordRef(record_type="prescription", his_id=his_id, p_id=p_id)
+        token = choose_token(
+            held, user_id=user_id, action=_DISPENSE_ACTION, record=record, now=self._clock()
+        )
+        return token.access_token
+
     def dispense(self, action: DispenseAction, his_id: str, p_id: str) -> DispenseState:
-        """Ask the platform to claim / complete / release; keep its answer as the claim state."""
+        """Ask the platform to claim / complete / release; keep its answer as the claim state.
+
+        The request carries the access token of the patient's grant for this
+        prescription; without one nothing changes and nothing is sent.
+        """
         if self._platform is None:
             raise ConfigError("no platform connection: cannot dispense")
         with self._store.transaction() as repo:
             try:
-                repo.get_received(his_id, p_id)
+                received = repo.get_received(his_id, p_id)
             except NotFound:
                 raise NotFound(NOT_RECEIVED) from None
             claim = self._claim(repo, his_id, p_id)
             if claim is ClaimState.COMPLETED:
                 raise Conflict("this prescription has been dispensed already")
+            token = self._access_token(received.user_id, his_id, p_id)
             if action == "claim" and claim in (None, ClaimState.RELEASED):
                 repo.set_claim(his_id, p_id, ClaimState.PENDING)
                 claim = ClaimState.PENDING
-        request = DispenseRequest(b_id=self.b_id, his_id=his_id, p_id=p_id, action=action)
+        request = DispenseRequest(
+            b_id=self.b_id, his_id=his_id, p_id=p_id, action=action, access_token=token
+        )
         try:
             state = self._platform.call(DISPENSE, request, DispenseState)
         except Conflict:

@@ -31,6 +31,7 @@ from patientkey.thirdparty.settings import (
     load_keys,
     load_thirdparty_settings,
 )
+from patientkey.thirdparty.tokens import TokenFile
 
 __all__ = ["ThirdPartyProcess", "ThirdPartyRuntime", "main", "open_runtime", "serve"]
 
@@ -50,7 +51,8 @@ class ThirdPartyRuntime:
 def open_runtime(
     settings: ThirdPartySettings, *, connect: bool = True
 ) -> Iterator[ThirdPartyRuntime]:
-    """Open database, keystore and (with ``connect``) the KME and the platform client."""
+    """Open database, keystore and (with ``connect``) the KME and the platform client;
+    dispensing takes its access tokens from the token file (``settings.token_path``)."""
     keys = load_keys(settings.keystore)
     with ExitStack() as stack:
         db = open_database(settings.database, Party.THIRDPARTY)
@@ -80,7 +82,13 @@ def open_runtime(
                 ssl_context=client_ssl_context(settings.pki_dir, settings.name),
             )
             stack.callback(platform.close)
-        core = ThirdPartyCore(settings.name, SqlStore(db, ThirdPartyRepo), keys, platform=platform)
+        core = ThirdPartyCore(
+            settings.name,
+            SqlStore(db, ThirdPartyRepo),
+            keys,
+            platform=platform,
+            tokens=TokenFile(settings.token_path),
+        )
         yield ThirdPartyRuntime(settings=settings, core=core, hop=hop)
 
 

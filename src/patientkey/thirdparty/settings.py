@@ -4,6 +4,11 @@ On top of :class:`~patientkey.service.party.PartySettings`::
 
     keystore = "pharmacy-1.keys"   # HPKE key pair (KBS/KBP) and the storage key
     platform = "platform"          # the platform's party name ([peers.platform] url)
+    # As an OAuth client of the platform (CIBA, private_key_jwt with the TLS key):
+    issuer = "https://localhost:9001"   # the platform's OAuth issuer (default: its peer url)
+    client_name = "Apotheke am Markt"   # shown to the patient (default: the name)
+    scenarios = ["pharmacy_dispense"]   # what it registers to ask for
+    token_store = "pharmacy-1.tokens.json"  # access tokens (default: beside the keystore)
 
 The keystore (``patientkey.crypto`` keystore file, passphrase from the environment
 variable ``PATIENTKEY_PASSPHRASE``) holds the HPKE private key (96 bytes, ML-KEM-768
@@ -14,11 +19,12 @@ record's key at rest.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from patientkey.crypto import (
     DEFAULT_ARGON2,
@@ -48,6 +54,7 @@ __all__ = [
 ]
 
 HPKE_KEY_NAME: Final = "thirdparty-hpke-private"
+_SCENARIO: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 STORAGE_KEY_NAME: Final = "thirdparty-storage-key"
 
 
@@ -56,12 +63,44 @@ class ThirdPartySettings(PartySettings):
 
     keystore: Path
     platform: str = "platform"
+    issuer: str | None = Field(None, pattern=r"^https://[^?#\s]+$")
+    client_name: str | None = Field(None, min_length=1, max_length=200)
+    scenarios: tuple[str, ...] = Field(("pharmacy_dispense",), min_length=1, max_length=32)
+    token_store: Path | None = None
 
     @model_validator(mode="after")
     def _platform_name(self) -> Self:
         if not valid_party_name(self.platform):
             raise ValueError(f"invalid platform party name {self.platform!r}")
+        if len(set(self.scenarios)) != len(self.scenarios) or not all(
+            _SCENARIO.fullmatch(name) for name in self.scenarios
+        ):
+            raise ValueError("scenarios must be distinct scenario names (a-z, 0-9, _)")
         return self
+
+    @property
+    def oauth_issuer(self) -> str:
+        """The platform's OAuth issuer: ``issuer``, else the platform's peer URL."""
+        if self.issuer is not None:
+            return self.issuer.rstrip("/")
+        peer = self.peers.get(self.platform)
+        if peer is None:
+            raise ConfigError(
+                f"no OAuth issuer: set issuer or [peers.{self.platform}] url in the settings"
+            )
+        return peer.url.rstrip("/")
+
+    @property
+    def oauth_client_name(self) -> str:
+        """The name the patient sees on their wallet when this party asks."""
+        return self.client_name or self.name
+
+    @property
+    def token_path(self) -> Path:
+        """Where the access tokens are kept: ``token_store``, else beside the keystore."""
+        if self.token_store is not None:
+            return self.token_store
+        return self.keystore.with_name(self.keystore.stem + ".tokens.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +116,16 @@ class ThirdPartyKeys:
 
 
 def load_thirdparty_settings(path: Path) -> ThirdPartySettings:
-    """Read ``path``; a relative ``keystore`` is relative to the file, like ``pki_dir``."""
+    """Read ``path``; a relative ``keystore`` or ``token_store`` is relative to the file,
+    like ``pki_dir``."""
     settings = load_settings(path, ThirdPartySettings)
+    base = path.resolve().parent
+    update: dict[str, Path] = {}
     if not settings.keystore.is_absolute():
-        keystore = path.resolve().parent / settings.keystore
-        settings = settings.model_copy(update={"keystore": keystore})
-    return settings
+        update["keystore"] = base / settings.keystore
+    if settings.token_store is not None and not settings.token_store.is_absolute():
+        update["token_store"] = base / settings.token_store
+    return settings.model_copy(update=update) if update else settings
 
 
 def create_keystore(path: Path, *, params: Argon2Params = DEFAULT_ARGON2) -> ThirdPartyKeys:
