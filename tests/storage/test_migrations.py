@@ -9,7 +9,7 @@ from patientkey.storage.engine import open_database, version_table
 from patientkey.storage.schema import METADATA, Party
 
 HEADS = {
-    Party.PLATFORM: "platform_0003",
+    Party.PLATFORM: "platform_0004",
     Party.HOSPITAL: "hospital_0001",
     Party.THIRDPARTY: "thirdparty_0001",
 }

@@ -10,6 +10,10 @@ transactions run one at a time, as SQLite's ``BEGIN IMMEDIATE`` does::
     with store.transaction() as repo:
         repo.create_account("u1")
 
+The authorization unit's twin (:func:`authz_store`) keeps the authz and identity
+cores' own in-memory stores as its sub-stores, behind the same input checks as
+:class:`~patientkey.storage.authz.SqlAuthzRepo`.
+
 Nothing is persisted beyond the store object.
 """
 
@@ -19,11 +23,44 @@ import copy
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+from patientkey.authz.ciba import AuthRequest, InMemoryAuthRequestStore
+from patientkey.authz.clients import RegisteredClient
+from patientkey.authz.grants import Grant, InMemoryGrantStore
 from patientkey.errors import Conflict, NotFound
+from patientkey.identity.assurance import ProofKind
+from patientkey.identity.device import DeviceKey
+from patientkey.identity.lockout import LockoutState, MemoryLockoutStore
+from patientkey.identity.otp import MemoryOtpStore, OtpChallenge, OtpChannel
+from patientkey.identity.totp import MemoryTotpStore, TotpEnrollment
+from patientkey.storage.authz import (
+    MAX_CONSENT_BYTES,
+    AuthzRepository,
+    ContactChannel,
+    EnrolledDeviceKey,
+    _check_challenge,
+    _check_challenge_successor,
+    _check_channel,
+    _check_client,
+    _check_device_key,
+    _check_document,
+    _check_grant,
+    _check_grant_successor,
+    _check_instant,
+    _check_jti,
+    _check_key_id,
+    _check_lockout,
+    _check_phc,
+    _check_proof,
+    _check_request,
+    _check_request_successor,
+    _check_seconds,
+    _check_totp,
+    _seconds_now,
+)
 from patientkey.storage.repos import (
     DISPENSE_TRANSITIONS,
     Account,
@@ -73,13 +110,16 @@ from patientkey.storage.repos import (
 from patientkey.storage.schema import ClaimState, DispenseState, KeyState, KueDirection, ShareKind
 
 __all__ = [
+    "AuthzState",
     "HospitalState",
+    "MemoryAuthzRepo",
     "MemoryHospitalRepo",
     "MemoryPlatformRepo",
     "MemoryStore",
     "MemoryThirdPartyRepo",
     "PlatformState",
     "ThirdPartyState",
+    "authz_store",
     "hospital_store",
     "platform_store",
     "thirdparty_store",
@@ -87,6 +127,8 @@ __all__ = [
 
 S = TypeVar("S")
 R = TypeVar("R")
+H = TypeVar("H")
+K = TypeVar("K")
 _Key = tuple[str, str]
 
 
@@ -761,6 +803,328 @@ class MemoryThirdPartyRepo:
             raise NotFound("claim not found") from None
 
 
+# ─────────────────────────────────────────── platform: authorization unit (OAuth/CIBA)
+
+_LOCK_TYPE: Final = type(threading.Lock())
+
+
+@dataclass
+class AuthzState:
+    """The authorization unit's tables; five are the authz and identity cores' own twins."""
+
+    requests: InMemoryAuthRequestStore = field(default_factory=InMemoryAuthRequestStore)
+    grants: InMemoryGrantStore = field(default_factory=InMemoryGrantStore)
+    consents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clients: dict[str, RegisteredClient] = field(default_factory=dict)
+    passwords: dict[str, str] = field(default_factory=dict)
+    device_keys: dict[str, dict[str, EnrolledDeviceKey]] = field(default_factory=dict)
+    certificates: dict[str, str] = field(default_factory=dict)
+    contacts: dict[tuple[str, OtpChannel], str] = field(default_factory=dict)
+    environments: dict[str, str] = field(default_factory=dict)
+    totp: MemoryTotpStore = field(default_factory=MemoryTotpStore)
+    otp: MemoryOtpStore = field(default_factory=MemoryOtpStore)
+    lockout: MemoryLockoutStore = field(default_factory=MemoryLockoutStore)
+    revoked: dict[str, int] = field(default_factory=dict)
+    assertions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Where log_event writes: the platform's event log, as on SQL.
+    platform: PlatformState = field(default_factory=PlatformState)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AuthzState:
+        # Every stored value is immutable (frozen dataclasses and models; documents and
+        # JWKS are copied in and out), so a transaction's private copy needs new
+        # containers only: a deep copy would rebuild every stored pydantic model on
+        # every transaction (about 100 µs per stored request).
+        copied: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "device_keys":
+                copied[f.name] = {user: dict(keys) for user, keys in value.items()}
+            elif isinstance(value, dict):
+                copied[f.name] = dict(value)
+            else:  # a core's twin or the platform state: copy their containers
+                copied[f.name] = _fork(value)
+        return AuthzState(**copied)
+
+
+def _fork(holder: H) -> H:
+    """A copy of ``holder`` with new containers, the same (immutable) values, a new lock.
+
+    The cores' twins guard themselves with a ``threading.Lock``, which cannot be
+    copied; MemoryStore runs one transaction at a time, so each copy gets its own.
+    """
+    clone = copy.copy(holder)
+    for name, value in vars(holder).items():
+        if isinstance(value, _LOCK_TYPE):
+            setattr(clone, name, threading.Lock())
+        elif isinstance(value, dict | list):
+            setattr(clone, name, copy.copy(value))
+    return clone
+
+
+class _MemoryRequests:
+    def __init__(self, twin: InMemoryAuthRequestStore) -> None:
+        self._twin = twin
+
+    def add(self, request: AuthRequest) -> None:
+        _check_request(request)
+        # The twin indexes request_id without refusing a duplicate; the table's UNIQUE does.
+        if self._twin.by_request_id(request.request_id) is not None:
+            raise Conflict("duplicate auth_req_id or request_id")
+        try:
+            self._twin.add(request)
+        except Conflict:
+            raise Conflict("duplicate auth_req_id or request_id") from None
+
+    def get(self, auth_req_id: str) -> AuthRequest | None:
+        _check_id("auth_req_id", auth_req_id)
+        return self._twin.get(auth_req_id)
+
+    def by_request_id(self, request_id: str) -> AuthRequest | None:
+        _check_id("request_id", request_id)
+        return self._twin.by_request_id(request_id)
+
+    def pending_for(self, user_id: str, now: int) -> list[AuthRequest]:
+        _check_id("user_id", user_id)
+        _check_seconds("now", now)
+        # Ties in created_at broken by id, as the SQL query orders them.
+        found = self._twin.pending_for(user_id, now)
+        return sorted(found, key=lambda r: (r.created_at, r.auth_req_id))
+
+    def replace(self, old: AuthRequest, new: AuthRequest) -> bool:
+        _check_request_successor(old, new)
+        return self._twin.replace(old, new)
+
+
+class _MemoryGrants:
+    def __init__(self, twin: InMemoryGrantStore, consents: dict[str, dict[str, Any]]) -> None:
+        self._twin = twin
+        self._consents = consents
+
+    def add(self, grant: Grant) -> None:
+        self._twin.add(_check_grant(grant))
+
+    def get(self, grant_id: str) -> Grant | None:
+        _check_id("grant_id", grant_id)
+        return self._twin.get(grant_id)
+
+    def for_user(self, user_id: str) -> list[Grant]:
+        _check_id("user_id", user_id)
+        return self._twin.for_user(user_id)
+
+    def replace(self, old: Grant, new: Grant) -> bool:
+        _check_grant_successor(old, new)
+        return self._twin.replace(old, new)
+
+    def set_consent(self, grant_id: str, document: dict[str, Any]) -> None:
+        _check_id("grant_id", grant_id)
+        _check_document("consent", document, MAX_CONSENT_BYTES)
+        if self._twin.get(grant_id) is None:
+            raise NotFound("grant not found")
+        # A copy: the caller's later changes to its dict must not reach the store.
+        self._consents[grant_id] = copy.deepcopy(document)
+
+    def consent(self, grant_id: str) -> dict[str, Any] | None:
+        _check_id("grant_id", grant_id)
+        return copy.deepcopy(self._consents.get(grant_id))
+
+
+class _MemoryClients:
+    def __init__(self, clients: dict[str, RegisteredClient]) -> None:
+        self._clients = clients
+
+    def register(self, client: RegisteredClient, *, replace: bool = False) -> None:
+        _check_client(client)
+        if client.client_id in self._clients and not replace:
+            raise Conflict("client_id is registered already")
+        self._clients[client.client_id] = copy.deepcopy(client)
+
+    def get(self, client_id: str) -> RegisteredClient | None:
+        _check_id("client_id", client_id)
+        # Copies out: a caller changing a client's jwks must not change the store.
+        return copy.deepcopy(self._clients.get(client_id))
+
+    def all(self) -> list[RegisteredClient]:
+        return [copy.deepcopy(self._clients[k]) for k in sorted(self._clients)]
+
+
+class _MemoryCredentials:
+    def __init__(self, state: AuthzState, clock: Clock) -> None:
+        self._s = state
+        self._clock = clock
+
+    def set_password_hash(self, user_id: str, phc: str) -> None:
+        _check_id("user_id", user_id)
+        self._s.passwords[user_id] = _check_phc(phc)
+
+    def password_hash(self, user_id: str) -> str | None:
+        _check_id("user_id", user_id)
+        return self._s.passwords.get(user_id)
+
+    def add_device_key(self, user_id: str, key: DeviceKey) -> EnrolledDeviceKey:
+        _check_id("user_id", user_id)
+        _check_device_key(key)
+        mine = self._s.device_keys.setdefault(user_id, {})
+        if key.key_id in mine:
+            raise Conflict("device key registered already")
+        enrolled = EnrolledDeviceKey(key.algorithm, key.public_bytes, _seconds_now(self._clock))
+        mine[key.key_id] = enrolled
+        return enrolled
+
+    def device_keys(self, user_id: str) -> list[EnrolledDeviceKey]:
+        _check_id("user_id", user_id)
+        mine = self._s.device_keys.get(user_id, {}).values()
+        return sorted(mine, key=lambda k: (k.created_at, k.key_id))
+
+    def remove_device_key(self, user_id: str, key_id: str) -> bool:
+        _check_id("user_id", user_id)
+        _check_key_id(key_id)
+        return self._s.device_keys.get(user_id, {}).pop(key_id, None) is not None
+
+    def set_certificate(self, user_id: str, pem: str) -> None:
+        _check_id("user_id", user_id)
+        self._s.certificates[user_id] = _check_pem(pem)
+
+    def certificate(self, user_id: str) -> str | None:
+        _check_id("user_id", user_id)
+        return self._s.certificates.get(user_id)
+
+    def set_contact(self, user_id: str, channel: ContactChannel | OtpChannel, address: str) -> None:
+        _check_id("user_id", user_id)
+        checked = _check_channel(channel)
+        self._s.contacts[user_id, checked] = _check_text("address", address, 320)
+
+    def contact(self, user_id: str, channel: ContactChannel | OtpChannel) -> str | None:
+        _check_id("user_id", user_id)
+        return self._s.contacts.get((user_id, _check_channel(channel)))
+
+    def set_environment(self, user_id: str, fingerprint: str) -> None:
+        _check_id("user_id", user_id)
+        self._s.environments[user_id] = _check_text("fingerprint", fingerprint, 256)
+
+    def environment(self, user_id: str) -> str | None:
+        _check_id("user_id", user_id)
+        return self._s.environments.get(user_id)
+
+
+class _MemoryTotp:
+    def __init__(self, twin: MemoryTotpStore) -> None:
+        self._twin = twin
+
+    def put(self, user_id: str, enrollment: TotpEnrollment) -> None:
+        _check_id("user_id", user_id)
+        self._twin.put(user_id, _check_totp(enrollment))
+
+    def get(self, user_id: str) -> TotpEnrollment | None:
+        _check_id("user_id", user_id)
+        return self._twin.get(user_id)
+
+    def swap(self, user_id: str, expected: TotpEnrollment, new: TotpEnrollment) -> bool:
+        _check_id("user_id", user_id)
+        return self._twin.swap(user_id, _check_totp(expected), _check_totp(new))
+
+
+class _MemoryOtp:
+    def __init__(self, twin: MemoryOtpStore) -> None:
+        self._twin = twin
+
+    def add(self, challenge: OtpChallenge) -> None:
+        _check_challenge(challenge)
+        # The twin calls a duplicate InvalidInput; storage says Conflict, as for every id.
+        if self._twin.get(challenge.challenge_id) is not None:
+            raise Conflict("duplicate one-time code challenge id")
+        self._twin.add(challenge)
+
+    def get(self, challenge_id: str) -> OtpChallenge | None:
+        _check_id("challenge_id", challenge_id)
+        return self._twin.get(challenge_id)
+
+    def swap(self, expected: OtpChallenge, new: OtpChallenge) -> bool:
+        _check_challenge_successor(expected, new)
+        return self._twin.swap(expected, new)
+
+    def purge(self, now: float) -> int:
+        return self._twin.purge(_check_instant("now", now))
+
+
+class _MemoryLockout:
+    def __init__(self, twin: MemoryLockoutStore) -> None:
+        self._twin = twin
+
+    def get(self, user_id: str, proof: ProofKind) -> LockoutState | None:
+        _check_id("user_id", user_id)
+        return self._twin.get(user_id, _check_proof(proof))
+
+    def update(
+        self,
+        user_id: str,
+        proof: ProofKind,
+        change: Callable[[LockoutState | None], LockoutState | None],
+    ) -> LockoutState | None:
+        _check_id("user_id", user_id)
+        return self._twin.update(
+            user_id, _check_proof(proof), lambda state: _check_lockout(change(state))
+        )
+
+
+class _MemoryTokens:
+    def __init__(self, state: AuthzState) -> None:
+        self._s = state
+
+    def revoke_jti(self, jti: str, expires_at: int) -> bool:
+        _check_jti(jti)
+        _check_seconds("expires_at", expires_at)
+        if jti in self._s.revoked:
+            return False
+        self._s.revoked[jti] = expires_at
+        return True
+
+    def is_revoked(self, jti: str) -> bool:
+        return _check_jti(jti) in self._s.revoked
+
+    def use_assertion(self, client_id: str, jti: str, expires_at: int) -> bool:
+        key = (_check_id("client_id", client_id), _check_jti(jti))
+        _check_seconds("expires_at", expires_at)
+        if key in self._s.assertions:
+            return False
+        self._s.assertions[key] = expires_at
+        return True
+
+    def purge(self, now: int) -> int:
+        _check_seconds("now", now)
+        return _drop_expired(self._s.revoked, now) + _drop_expired(self._s.assertions, now)
+
+
+def _drop_expired(ledger: dict[K, int], now: int) -> int:
+    expired = [key for key, until in ledger.items() if until <= now]
+    for key in expired:
+        del ledger[key]
+    return len(expired)
+
+
+class MemoryAuthzRepo:
+    """:class:`~patientkey.storage.authz.AuthzRepository` in memory."""
+
+    def __init__(self, state: AuthzState, clock: Clock = utc_now) -> None:
+        self.requests: Final = _MemoryRequests(state.requests)
+        self.grants: Final = _MemoryGrants(state.grants, state.consents)
+        self.clients: Final = _MemoryClients(state.clients)
+        self.credentials: Final = _MemoryCredentials(state, clock)
+        self.totp: Final = _MemoryTotp(state.totp)
+        self.otp: Final = _MemoryOtp(state.otp)
+        self.lockout: Final = _MemoryLockout(state.lockout)
+        self.tokens: Final = _MemoryTokens(state)
+        self._platform = MemoryPlatformRepo(state.platform, clock)
+
+    def log_event(self, kind: str, user_id: str | None, detail: EventDetail) -> None:
+        self._platform.log_event(kind, user_id, detail)
+
+    def events(
+        self, *, user_id: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[Event]:
+        """The event log (what :meth:`log_event` wrote)."""
+        return self._platform.events(user_id=user_id, after=after, limit=limit)
+
+
 # ─────────────────────────────────────────────────────────────── stores
 
 
@@ -781,7 +1145,13 @@ def thirdparty_store(
     return MemoryStore(MemoryThirdPartyRepo, ThirdPartyState(), clock=clock)
 
 
+def authz_store(clock: Clock = utc_now) -> MemoryStore[AuthzState, MemoryAuthzRepo]:
+    """An empty in-memory store of the authorization unit."""
+    return MemoryStore(MemoryAuthzRepo, AuthzState(), clock=clock)
+
+
 # Static checks that the memory classes implement the protocols.
 _platform: Callable[[PlatformState, Clock], PlatformRepository] = MemoryPlatformRepo
 _hospital: Callable[[HospitalState, Clock], HospitalRepository] = MemoryHospitalRepo
 _thirdparty: Callable[[ThirdPartyState, Clock], ThirdPartyRepository] = MemoryThirdPartyRepo
+_authz: Callable[[AuthzState, Clock], AuthzRepository] = MemoryAuthzRepo

@@ -11,7 +11,11 @@ a ``records`` table, so those two classes carry the party in their name.
   the event log (metadata only, never health data); for the wallet hop (KUE) the
   platform's half of each wallet's pre-charged key pool, the public init messages of
   post-quantum exchanges and a replay guard shared by worker processes
-  (``platform_0002``);
+  (``platform_0002``); for the authorization unit (OAuth/CIBA, ``platform_0004``) the
+  CIBA authorization requests, grants with their FHIR Consent, registered OAuth
+  clients, the patients' enrolled identity proofs (password hash, device keys,
+  certificate, contacts, TOTP, one-time code challenges, lockout counters) and the
+  token ledgers (revoked ``jti``, seen client-assertion ``jti``);
 * **hospital** — patients, KUH versions (wrapped by the hospital's own storage key;
   this layer stores bytes and never sees a KUH), FHIR records (bytes, possibly
   encrypted at rest by the caller);
@@ -39,6 +43,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Double,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -54,16 +59,25 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AUTH_REQUEST_STATES",
+    "DEVICE_ALGORITHMS",
     "ID_LENGTH",
     "METADATA",
     "NAMING_CONVENTION",
+    "OTP_CHANNELS",
+    "TOTP_ALGORITHMS",
     "AccountRow",
+    "AuthRequestRow",
     "BindingRow",
     "ClaimRow",
     "ClaimState",
+    "ClientAssertionRow",
+    "CredentialRow",
+    "DeviceKeyRow",
     "DispenseRow",
     "DispenseState",
     "EventRow",
+    "GrantRow",
     "HospitalBase",
     "HospitalRecordRow",
     "KeyState",
@@ -71,6 +85,9 @@ __all__ = [
     "KueDirection",
     "KueKeyRow",
     "KuhKeyRow",
+    "LockoutRow",
+    "OAuthClientRow",
+    "OtpChallengeRow",
     "Party",
     "PatientRow",
     "PlatformBase",
@@ -79,10 +96,12 @@ __all__ = [
     "RateLimitRow",
     "ReceivedRow",
     "ReplayRow",
+    "RevokedTokenRow",
     "ShareKind",
     "ShareRow",
     "ThirdPartyBase",
     "ThirdPartyRow",
+    "TotpRow",
     "UtcDateTime",
 ]
 
@@ -149,6 +168,16 @@ def _stamp(*, nullable: bool = False) -> Any:
 def _in(column: str, values: type[enum.StrEnum]) -> str:
     quoted = ", ".join(f"'{v.value}'" for v in values)
     return f"{column} IN ({quoted})"
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def _unix(*, nullable: bool = False) -> Any:
+    """Unix seconds: the authorization core's time (JWT ``exp``/``iat``, CIBA expiry)."""
+    return mapped_column(BigInteger(), nullable=nullable)
 
 
 def _one_per_owner(table: str, owner: str, state: str) -> Index:
@@ -369,6 +398,157 @@ class ReplayRow(PlatformBase):
     sender: Mapped[str] = _id(primary_key=True)
     jti: Mapped[str] = mapped_column(String(256), primary_key=True)
     expires_at: Mapped[datetime] = _stamp()
+
+
+# ─────────────────────────────────────────── platform: authorization unit (OAuth/CIBA)
+# Values of the enumerated columns below, spelled out rather than imported so that this
+# module stays free of the authorization core; tests/storage/test_contract_authz.py checks
+# them against authz.ciba.CibaState, identity.device.DeviceAlgorithm, identity.otp.OtpChannel
+# and identity.totp.TotpAlgorithm.
+
+AUTH_REQUEST_STATES: Final = ("pending", "approved", "denied", "expired", "issued")
+DEVICE_ALGORITHMS: Final = ("Ed25519", "ML-DSA-65")
+OTP_CHANNELS: Final = ("sms", "email")
+TOTP_ALGORITHMS: Final = ("SHA1", "SHA256", "SHA512")
+
+
+class AuthRequestRow(PlatformBase):
+    """A CIBA authorization request: the queried fields as columns, the rest in ``body``."""
+
+    __tablename__ = "auth_requests"
+    __table_args__ = (
+        UniqueConstraint("request_id"),
+        CheckConstraint(_one_of("state", AUTH_REQUEST_STATES), name="state"),
+        # The wallet's "pending for me" query: equality on user and state, range on expiry.
+        Index(None, "user_id", "state", "expires_at"),
+    )
+
+    auth_req_id: Mapped[str] = _id(primary_key=True)
+    request_id: Mapped[str] = _id()
+    user_id: Mapped[str] = _id()
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = _unix()
+    expires_at: Mapped[int] = _unix()
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON())
+
+
+class GrantRow(PlatformBase):
+    """A grant (``body``: details, proofs, status…) and the FHIR Consent stored with it."""
+
+    __tablename__ = "grants"
+    __table_args__ = (Index(None, "user_id", "created_at"),)
+
+    grant_id: Mapped[str] = _id(primary_key=True)
+    user_id: Mapped[str] = _id()
+    client_id: Mapped[str] = _id()
+    created_at: Mapped[int] = _unix()
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON())
+    consent: Mapped[dict[str, Any] | None] = mapped_column(JSON(), nullable=True)
+
+
+class OAuthClientRow(PlatformBase):
+    """A registered OAuth client: its metadata and public keys (JWKS) as JSON."""
+
+    __tablename__ = "oauth_clients"
+
+    client_id: Mapped[str] = _id(primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON())
+
+
+class CredentialRow(PlatformBase):
+    """A patient's single-valued proofs and contacts; NULL where none is enrolled."""
+
+    __tablename__ = "credentials"
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    password_hash: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sms: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    environment: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class DeviceKeyRow(PlatformBase):
+    """A wallet's registered device public key (what signature verification needs)."""
+
+    __tablename__ = "device_keys"
+    __table_args__ = (CheckConstraint(_one_of("algorithm", DEVICE_ALGORITHMS), name="algorithm"),)
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    public_bytes: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[int] = _unix()
+
+
+class TotpRow(PlatformBase):
+    """A TOTP authenticator: secret, parameters and the last time step accepted."""
+
+    __tablename__ = "totp_enrollments"
+    __table_args__ = (CheckConstraint(_one_of("algorithm", TOTP_ALGORITHMS), name="algorithm"),)
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    digits: Mapped[int] = mapped_column(Integer)
+    period: Mapped[int] = mapped_column(Integer)
+    algorithm: Mapped[str] = mapped_column(String(8))
+    last_step: Mapped[int | None] = mapped_column(BigInteger(), nullable=True)
+
+
+class OtpChallengeRow(PlatformBase):
+    """A one-time code sent by SMS or email: its MAC (never the code), expiry, attempts."""
+
+    __tablename__ = "otp_challenges"
+    __table_args__ = (
+        CheckConstraint(_one_of("channel", OTP_CHANNELS), name="channel"),
+        Index(None, "expires_at"),
+    )
+
+    challenge_id: Mapped[str] = _id(primary_key=True)
+    user_id: Mapped[str] = _id()
+    request_id: Mapped[str] = _id()
+    channel: Mapped[str] = mapped_column(String(8))
+    code_mac: Mapped[bytes] = mapped_column(LargeBinary())
+    # Double, not unix seconds: identity.otp keeps fractional expiry times.
+    expires_at: Mapped[float] = mapped_column(Double())
+    attempts: Mapped[int] = mapped_column(Integer)
+    used: Mapped[bool] = mapped_column(Boolean)
+
+
+class LockoutRow(PlatformBase):
+    """Consecutive failed proofs of one kind for one user id, and the lock they caused."""
+
+    __tablename__ = "lockouts"
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    # No CHECK on the kind: a new proof kind must not need a migration of a counter table.
+    proof: Mapped[str] = mapped_column(String(32), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_attempt_at: Mapped[float] = mapped_column(Double())
+    locked_until: Mapped[float] = mapped_column(Double())
+
+
+class RevokedTokenRow(PlatformBase):
+    """A revoked access token's ``jti`` until the token would have expired anyway."""
+
+    __tablename__ = "revoked_tokens"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    expires_at: Mapped[int] = _unix()
+
+
+class ClientAssertionRow(PlatformBase):
+    """A seen ``private_key_jwt`` client assertion (RFC 7523 §3 ``jti``), until it expires."""
+
+    __tablename__ = "client_assertions"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    client_id: Mapped[str] = _id(primary_key=True)
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    expires_at: Mapped[int] = _unix()
 
 
 # ─────────────────────────────────────────────────────────────── hospital
