@@ -10,7 +10,9 @@ envelopes and QKD keys from an in-process KME; the platform reaches them through
 from __future__ import annotations
 
 import base64
+import json
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,13 @@ from typing import Any
 import httpx
 from cryptography import x509
 from fastapi import FastAPI
+from joserfc.jwk import ECKey
 
+from patientkey.authz.catalog import default_catalog
+from patientkey.authz.ciba import CIBA_GRANT_TYPE
+from patientkey.authz.clientauth import CLIENT_ASSERTION_TYPE, client_assertion
+from patientkey.authz.clients import ClientInfo, RegisteredClient
+from patientkey.authz.rar import dump_details, narrow, parse_authorization_details
 from patientkey.crypto import (
     HpkeKeyPair,
     ReplayCache,
@@ -43,6 +51,14 @@ from patientkey.crypto.ratchet import (
     verify_rotation_commit,
 )
 from patientkey.errors import Conflict, CryptoError, Forbidden, NotFound
+from patientkey.identity import (
+    ApprovalChallenge,
+    DeviceKey,
+    MemorySink,
+    generate_device_key,
+    sign_device_approval,
+)
+from patientkey.identity.device import DeviceAlgorithm
 from patientkey.keysupply.embedded import EmbeddedKeySupply
 from patientkey.keysupply.hopkey import QkdPolicy
 from patientkey.keysupply.pool import KeyPool
@@ -50,6 +66,7 @@ from patientkey.keysupply.pq import PqResponder
 from patientkey.keysupply.rekey import HopReceiver, HopSender
 from patientkey.kme.core import KmeCore, Limits
 from patientkey.platform.app import create_app
+from patientkey.platform.authorization import AuthorizationServer, AuthzKeys
 from patientkey.platform.core import BindLimits, PlatformCore
 from patientkey.platform.kue import (
     PqExchanges,
@@ -60,10 +77,15 @@ from patientkey.platform.kue import (
 )
 from patientkey.protocol.channel import HopEnd, Incoming
 from patientkey.protocol.messages import (
+    AuthzDecision,
     BindReply,
     BindRequest,
     BindVerify,
+    Environment,
+    IdentityEnroll,
+    InboxRequest,
     Message,
+    Proofs,
     RecordReply,
     RecordRequest,
     RotateAck,
@@ -76,8 +98,13 @@ from patientkey.service.client import PeerClient
 from patientkey.service.http import BodyLimit, envelope_route, install_problem_handlers
 from patientkey.service.party import hop_context, qkd_hop_end
 from patientkey.service.testing import asgi_client
+from patientkey.storage import memory
 
 HIS = "hospital-1"
+ISSUER = "https://testserver"
+PASSWORD = "correct horse battery staple"
+ENVIRONMENT = Environment(user_agent="patientkey-wallet/test", device="install-1")
+PHARMACY_ACTIONS = ("view", "fetch", "store", "use")
 PHARMACIES = ("pharmacy-1", "pharmacy-2")
 PARTIES = ["platform", HIS, *PHARMACIES, "u-alice", "u-bob", "u-carol", "charger", "stranger"]
 SITES = {
@@ -247,6 +274,11 @@ class FakeThirdParty:
         self.calls: Counter[str] = Counter()
         self.app = _app(hop, {"/v1/share/receive": (ShareRelay, ShareReceipt, self.receive)})
 
+    def jwk(self) -> dict[str, Any]:
+        """The public JWK of this pharmacy's certificate key (its private_key_jwt key)."""
+        key = ECKey.import_key((self.pki / f"{self.name}.key").read_bytes())
+        return {**key.as_dict(private=False), "kid": key.thumbprint()}
+
     def export(self) -> dict[str, str]:
         kbp = self.keypair.public_key.to_bytes()
         key = (self.pki / f"{self.name}.key").read_bytes()
@@ -368,20 +400,140 @@ class World:
             return PeerClient(self.hop, name, "https://testserver", http=http)
 
         ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+        # The authorization unit, real, over its in-memory store (OTP codes to a sink).
+        self.authz_store = memory.authz_store()
+        self.otp_sink = MemorySink()
+        self.authz = AuthorizationServer(
+            self.authz_store,
+            issuer=ISSUER,
+            keys=AuthzKeys.generate(),
+            catalog=default_catalog(),
+            gateway=self.otp_sink,
+        )
+        self.devices: dict[str, Any] = {}
+        self.tokens: dict[tuple[str, str], str] = {}
+        self.granted: set[tuple[str, str, str]] = set()  # (b_id, user, p_id)
         self.core = PlatformCore(
             store,
+            grants=self.authz,
             hospitals={HIS: port(HIS, self.hospital.app)},
             third_parties={n: port(n, p.app) for n, p in self.pharmacies.items()},
             limits=limits,
             ca_certificate=ca,
         )
-        self.app = create_app(self.core, self.hop, pq=self.pq, max_body_bytes=8 * 1024 * 1024)
+        self.app = create_app(
+            self.core, self.hop, authz=self.authz, pq=self.pq, max_body_bytes=8 * 1024 * 1024
+        )
 
     # set-up helpers
 
     def register(self, *names: str) -> None:
         for name in names or PHARMACIES:
             self.core.register_third_party(self.pharmacies[name].export())
+            client = RegisteredClient(
+                info=ClientInfo(
+                    client_id=name,
+                    name=f"Pharmacy {name}",
+                    scenarios=frozenset({"pharmacy_dispense", "insurer_claim"}),
+                ),
+                jwks={"keys": [self.pharmacies[name].jwk()]},
+            )
+            with self.authz_store.transaction() as repo:
+                repo.clients.register(client, replace=True)
+
+    # authorization: the pharmacy asks, the patient approves, the pharmacy holds a token
+
+    def assertion(self, b_id: str, endpoint: str) -> dict[str, str]:
+        """The private_key_jwt form members of ``b_id`` for ``endpoint``."""
+        key = (self.pki / f"{b_id}.key").read_bytes()
+        return {
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": client_assertion(
+                b_id, ECKey.import_key(key), audience=ISSUER + endpoint, now=int(time.time())
+            ),
+        }
+
+    def identity(self, user: str) -> Any:
+        """Enroll ``user``'s password and device key once; the device's private key."""
+        if user not in self.devices:
+            device = generate_device_key(DeviceAlgorithm.ED25519)
+            pem = DeviceKey.from_public_key(device.public_key()).to_pem().decode()
+            enroll = IdentityEnroll(
+                user_id=user, environment=ENVIRONMENT, password=PASSWORD, device_key_pem=pem
+            )
+            self.authz.enroll(user, enroll, network="127.0.0.1")
+            self.devices[user] = device
+        return self.devices[user]
+
+    def ask(self, user: str, b_id: str, p_ids: tuple[str, ...], **extra: Any) -> str:
+        """``b_id`` asks ``user`` for pharmacy_dispense on ``p_ids``: the auth_req_id."""
+        self.identity(user)
+        reports = any(p_id.startswith("rep") for p_id in p_ids)  # the world's naming
+        details = [
+            {
+                "type": "health_record_access",
+                "record_types": ["prescription", "report"] if reports else ["prescription"],
+                "records": {"ids": list(p_ids), "his_id": HIS},
+                "actions": list(extra.pop("actions", PHARMACY_ACTIONS)),
+                "purpose": "insurer_claim" if reports else "pharmacy_dispense",
+            }
+        ]
+        form = {
+            "login_hint": user,
+            "binding_message": f"{b_id} counter 1",
+            "authorization_details": json.dumps(details),
+            **self.assertion(b_id, "/bc-authorize"),
+            **extra,
+        }
+        return str(self.authz.backchannel(form, endpoint="/bc-authorize").body["auth_req_id"])
+
+    def approve(self, user: str, **choices: Any) -> str:
+        """``user`` approves their oldest pending request with password + device signature."""
+        pending = self.authz.inbox(user, InboxRequest(user_id=user)).requests[0]
+        details = choices.pop("authorization_details", None)
+        # What the platform will grant, and what the signature must cover (RFC 9396 §7).
+        granted = dump_details(
+            narrow(
+                parse_authorization_details(pending.authorization_details),
+                None if details is None else parse_authorization_details(details),
+            )
+        )
+        challenge = ApprovalChallenge.create(pending.request_id, granted, pending.nonce)
+        signature = sign_device_approval(self.identity(user), challenge)
+        proofs = Proofs(
+            password=PASSWORD,
+            device_key_id=DeviceKey.from_public_key(self.identity(user).public_key()).key_id,
+            device_signature=signature,
+        )
+        decision = AuthzDecision(
+            user_id=user,
+            request_id=pending.request_id,
+            decision="approve",
+            environment=ENVIRONMENT,
+            authorization_details=details,
+            proofs=proofs,
+        )
+        outcome = self.authz.decide(user, decision, network="127.0.0.1")
+        assert outcome.grant_id is not None
+        return outcome.grant_id
+
+    def token(self, b_id: str, auth_req_id: str) -> dict[str, Any]:
+        """The token endpoint's answer to ``b_id`` for ``auth_req_id`` (body, errors too)."""
+        form = {
+            "grant_type": CIBA_GRANT_TYPE,
+            "auth_req_id": auth_req_id,
+            **self.assertion(b_id, "/token"),
+        }
+        return dict(self.authz.token(form, endpoint="/token").body)
+
+    def grant(self, user: str, b_id: str, *p_ids: str) -> str:
+        """The whole flow: ask, approve, collect the token (kept for dispense)."""
+        auth_req_id = self.ask(user, b_id, p_ids or ("rx-1",))
+        self.approve(user)
+        token = str(self.token(b_id, auth_req_id)["access_token"])
+        self.tokens[(b_id, user)] = token
+        self.granted |= {(b_id, user, p_id) for p_id in p_ids or ("rx-1",)}
+        return token
 
     def wallet(self, user: str, count: int = 64) -> Wallet:
         """Charge ``user``'s pool (creating the account) and give it a hop end."""

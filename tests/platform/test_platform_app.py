@@ -100,6 +100,7 @@ def _valid(world: World, alice, path: str):
     if path in wallet:
         return alice.hop, "u-alice", wallet[path]
     if path == "/v1/share/deliver":
+        world.grant("u-alice", "pharmacy-2", "rx-1")
         offered = world.core.share_offer(
             "u-alice", ShareRequest(user_id="u-alice", his_id=HIS, p_id="rx-1", b_id="pharmacy-2")
         )
@@ -110,7 +111,10 @@ def _valid(world: World, alice, path: str):
         )
         return world.hospital.hop, HIS, message
     assert path == "/v1/dispense"
-    message = DispenseRequest(b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim")
+    token = world.tokens[("pharmacy-1", "u-alice")]
+    message = DispenseRequest(
+        b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim", access_token=token
+    )
     return world.pharmacies["pharmacy-1"].hop, "pharmacy-1", message
 
 
@@ -148,6 +152,7 @@ def test_whole_flow_over_http(memory_world):
     fetched = client.call(
         "/v1/records/fetch", FetchRequest(user_id="u-alice", his_id=HIS, p_id="rx-1"), RecordReply
     )
+    token = world.grant("u-alice", "pharmacy-1", "rx-1")
     offered = client.call(
         "/v1/share/offer",
         ShareRequest(user_id="u-alice", his_id=HIS, p_id="rx-1", b_id="pharmacy-1"),
@@ -162,7 +167,9 @@ def test_whole_flow_over_http(memory_world):
     )
     state = pharmacy.call(
         "/v1/dispense",
-        DispenseRequest(b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim"),
+        DispenseRequest(
+            b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim", access_token=token
+        ),
         DispenseState,
     )
     assert (state.state, state.claimed_by) == ("claimed", "pharmacy-1")

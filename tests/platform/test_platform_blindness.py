@@ -78,8 +78,12 @@ def test_platform_database_is_blind(tmp_path, pki, bundle):
     offer(world, alice, "rx-2", "pharmacy-2")
     share(world, alice, "rx-1", "pharmacy-1")  # HPKE, KUB_1
     share(world, alice, "rx-2", "pharmacy-1")  # under KUB_1, KUB_2
+    token = world.grant("u-alice", "pharmacy-1", "rx-1")  # the token for rx-1
     world.core.dispense(
-        "pharmacy-1", DispenseRequest(b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim")
+        "pharmacy-1",
+        DispenseRequest(
+            b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim", access_token=token
+        ),
     )
     assert world.pharmacies["pharmacy-1"].received[(HIS, "rx-1")] == record.canonical
 

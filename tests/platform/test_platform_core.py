@@ -47,9 +47,11 @@ from patientkey.protocol.messages import (
 )
 
 
-def _dispense(world: World, b_id: str, action: str, p_id: str = "rx-1"):
+def _dispense(world: World, b_id: str, action: str, p_id: str = "rx-1", user: str = "u-alice"):
+    token = world.tokens.get((b_id, user))
     return world.core.dispense(
-        b_id, DispenseRequest(b_id=b_id, his_id=HIS, p_id=p_id, action=action)
+        b_id,
+        DispenseRequest(b_id=b_id, his_id=HIS, p_id=p_id, action=action, access_token=token),
     )
 
 
@@ -480,6 +482,7 @@ def test_dispense_claim_complete_and_finality(world):
             _dispense(world, "pharmacy-1", action)
     with pytest.raises(Conflict):
         offer(world, alice, "rx-1", "pharmacy-2")
+    world.grant("u-alice", "pharmacy-2", "rep-1")
     message, _ = delivery(
         alice,
         world.core.share_offer(
