@@ -164,6 +164,9 @@ class Network:
                 "charger_sae": n.charger,
                 "keystore": f"{n.platform}.keys",
                 "workers": self.platform_workers,
+                # The OAuth issuer is the URL apps use (the socket binds 127.0.0.1).
+                "issuer": self.urls[n.platform],
+                "otp_outbox": "otp-outbox.log",
                 **self.overrides.get(n.platform, {}),
             },
             {n.hospital: self.urls[n.hospital], n.pharmacy: self.urls[n.pharmacy]},

@@ -186,6 +186,12 @@ def _story(
             "the record sealed under KUH v1 still opens",
         )
 
+        granted = [r.p_id for r in listed[:2]]
+        auth_req_id = _authorization_story(
+            console, net, wallet=wallet, his=first.his_id, p_ids=granted, check=check
+        )
+        meter.step("authorize (CIBA, TOTP + device)", wallet)
+
         console.rule("4. share the prescription with the pharmacy")
         shared = wallet.share(first.his_id, first.p_id, pharmacy)
         meter.step(f"share ({shared.kind})", wallet)
@@ -214,9 +220,84 @@ def _story(
             check(False, "a completed prescription cannot be shared again")
         except Conflict:
             check(True, "a completed prescription cannot be shared again (409)")
+        _revocation_story(
+            console, net, wallet=wallet, listed=listed, auth_req_id=auth_req_id, check=check
+        )
 
         console.print(meter.table())
         _blindness(console, net, records, check)
+
+
+def _authorization_story(
+    console: Console,
+    net: Network,
+    *,
+    wallet: Any,
+    his: str,
+    p_ids: list[str],
+    check: Callable[[bool, str], None],
+) -> str:
+    """The pharmacy asks (CIBA), the patient approves with TOTP + device signature."""
+    import pyotp
+
+    console.rule("authorization: the pharmacy asks, the patient decides (seed 1)")
+    state = wallet.authz.enroll_identity(totp=True)
+    assert state.totp_uri is not None
+    authenticator = pyotp.parse_uri(state.totp_uri)  # the patient's authenticator app
+    assert isinstance(authenticator, pyotp.TOTP)
+    console.print(f"   patient enrolled proofs: {', '.join(state.proofs)}")
+    config = str(net.config(net.names.pharmacy))
+    records = [arg for p_id in p_ids for arg in ("--record", f"{his}:{p_id}")]
+    out = net.cli(
+        "thirdparty", "authorize", "--config", config, "--user", net.names.user, *records,
+        "--binding-message", "counter 3", "--no-wait",
+    )  # fmt: skip
+    auth_req_id = next(
+        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("auth_req_id")
+    )
+    pending = wallet.authz.inbox(wait=10)
+    check(len(pending) == 1, "the wallet received the request at once (long poll)")
+    request = pending[0]
+    console.print(
+        f"   wallet shows: {request.client_name} asks for {request.scenario} "
+        f"({request.purpose}); binding message {request.binding_message!r}; "
+        f"proofs: {request.method.description}"
+    )
+    outcome = wallet.authz.approve(request, totp=authenticator.now())
+    check(
+        outcome.state == "approved",
+        f"patient approved with TOTP + device signature ({outcome.acr})",
+    )
+    net.cli("thirdparty", "token", "--config", config, auth_req_id, "--wait")
+    check(True, "the pharmacy's token poll returned an RFC 9068 access token")
+    return auth_req_id
+
+
+def _revocation_story(
+    console: Console,
+    net: Network,
+    *,
+    wallet: Any,
+    listed: list[Any],
+    auth_req_id: str,
+    check: Callable[[bool, str], None],
+) -> None:
+    """The patient revokes; the pharmacy's very next request is refused."""
+    console.rule("revocation: the patient withdraws the grant")
+    grants = [g for g in wallet.authz.grants() if g.status == "active"]
+    check(len(grants) == 1, "the wallet lists one active grant")
+    revoked = wallet.authz.revoke(grants[0].grant_id)
+    check(revoked.status == "revoked", f"grant {revoked.grant_id[:8]}… revoked by the patient")
+    if len(listed) < 2:
+        return
+    second = listed[1]
+    with net.pharmacy() as desk:
+        try:
+            desk.dispense("claim", second.his_id, second.p_id)
+            check(False, "the pharmacy's next request is refused")
+        except PatientKeyError as exc:
+            check(exc.status == 401, f"the pharmacy's next request is refused ({exc.status})")
+    del auth_req_id  # the request is spent: a second token poll would be invalid_grant
 
 
 def _pharmacy_story(

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from patientkey.errors import ConfigError, PatientKeyError
+from patientkey.errors import ConfigError, InvalidInput, PatientKeyError
 from patientkey.fsutil import write_private
 from patientkey.platform.settings import PlatformSettings, load_platform_settings
 from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
+
+if TYPE_CHECKING:
+    from patientkey.authz.clients import RegisteredClient
 
 __all__ = ["app"]
 
@@ -143,9 +146,15 @@ def register_thirdparty_command(
     try:
         settings, db = _open(config)
         with db:
+            document = data.get("oauth_client")
+            client = None if document is None else _parse_client(settings, document)
+            if client is not None and client.client_id != data.get("b_id"):
+                raise InvalidInput("the OAuth client_id must be the third party's b_id")
             third_party = register_third_party(
                 SqlStore(db, PlatformRepo), data, ca_certificate=ca_certificate(settings)
             )
+            if client is not None:
+                _register_client(db, client)
     except PatientKeyError as exc:
         raise _fail(exc) from exc
     console.print(f"registered third party [green]{third_party.b_id}[/green]")
@@ -154,6 +163,52 @@ def register_thirdparty_command(
             f"[yellow]note:[/yellow] add {third_party.b_id!r} to third_parties and "
             f"[peers.{third_party.b_id}] in {config} so the platform can relay to it"
         )
+
+
+def _parse_client(settings: PlatformSettings, document: object) -> RegisteredClient:
+    """An RFC 7591 client document, checked against the scenario catalog."""
+    from patientkey.authz.catalog import load_catalog
+    from patientkey.authz.registration import parse_registration
+
+    if not isinstance(document, dict):
+        raise InvalidInput("oauth_client must be a JSON object")
+    return parse_registration(document, catalog=load_catalog(settings.scenarios))
+
+
+def _register_client(db: Database, client: RegisteredClient) -> None:
+    """Register (or replace) an OAuth client."""
+    from patientkey.storage.authz import authz_store
+
+    with authz_store(db).transaction() as repo:
+        repo.clients.register(client, replace=True)
+        repo.log_event("authz.client_registered", None, {"client_id": client.client_id})
+
+
+@app.command("register-client")
+def register_client_command(
+    config: ConfigOption,
+    document: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="RFC 7591 client metadata JSON."),
+    ],
+) -> None:
+    """Register an app as an OAuth client (private_key_jwt, CIBA poll or ping)."""
+    try:
+        data = json.loads(document.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot read {document}: {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        settings, db = _open(config)
+        with db:
+            client = _parse_client(settings, data)
+            _register_client(db, client)
+    except PatientKeyError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"registered OAuth client [green]{client.client_id}[/green] "
+        f"(scenarios: {', '.join(sorted(client.info.scenarios))})"
+    )
 
 
 @app.command("events")

@@ -75,6 +75,9 @@ def install_oauth_routes(app: FastAPI, server: AuthorizationServer) -> None:
         async def endpoint(request: Request) -> Response:
             body = await request.body()
             try:
+                if "authorization" in request.headers:
+                    # RFC 6749 §2.3: one authentication method per request; ours is the form.
+                    raise InvalidRequest("authenticate with private_key_jwt only")
                 form = dict(_single(_form(body, request.headers.get("content-type"))))
                 answer = await run_in_threadpool(method, form, endpoint=path)
             except OAuthError as exc:
