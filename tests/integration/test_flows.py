@@ -158,6 +158,9 @@ def test_every_operation_with_every_example_record(network: Network):
         for entry in listed[:5]:
             assert wallet.show(entry.p_id, entry.his_id).record_type == entry.record_type
 
+        his = net.names.hospital
+        net.authorize(wallet, [f"{his}:*"])  # prescriptions: pharmacy_dispense
+        net.authorize(wallet, [f"{his}:*"], purpose="insurer_claim", record_type="report")
         kinds = [wallet.share(e.his_id, e.p_id, net.names.pharmacy).kind for e in listed]
         assert kinds[0] == "hpke"
         assert set(kinds[1:]) == {"kub"}

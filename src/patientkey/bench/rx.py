@@ -680,6 +680,11 @@ def _set_up_users(
         for user, (_patient_id, code), p_ids in zip(users, enrolled, imported, strict=True):
             config = net.make_wallet(user, codes=[code], pool=pools.pop(user), kdf=_BENCH_KDF)
             out.append(VUser(user, str(config), names.hospital, names.pharmacy, tuple(p_ids)))
+    with _step(console, timings, "grants", "each patient grants the pharmacy (CIBA)"):
+        # A share needs a live grant (issue 4): one hospital-wide grant per patient.
+        for user in users:
+            with net.wallet(user) as wallet:
+                net.authorize(wallet, [f"{names.hospital}:*"])
     return out
 
 

@@ -204,6 +204,55 @@ def rx(
 
 
 @app.command()
+def auth(
+    concurrency: int = typer.Option(
+        8, min=1, max=256, help="Virtual patients, each its own thread, wallet and OAuth client."
+    ),
+    duration: float = typer.Option(10.0, min=0.1, help="Measured seconds per phase."),
+    out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    workers: int = typer.Option(1, min=1, max=64, help="Platform uvicorn worker processes."),
+    database: str = typer.Option("sqlite", help="Every party's database: sqlite or postgres."),
+    warmup: float = typer.Option(1.0, min=0.0, help="Unmeasured seconds before each phase."),
+    pool_keys: int = typer.Option(
+        1000, min=16, help="KUE pool keys per direction charged to each virtual patient."
+    ),
+    workdir: Path | None = typer.Option(
+        None, help="Lay the deployment out here and keep it (default: a temporary directory)."
+    ),
+    pg_url: str = typer.Option(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        envvar="PATIENTKEY_BENCH_PG_URL",
+        help="PostgreSQL for --database postgres (a schema per party, dropped afterwards).",
+    ),
+) -> None:
+    """CIBA flows/s (ask → approve → token) and introspections/s over HTTPS, with p50/p99.
+
+    Prints both next to issue 4's targets; see patientkey.bench.auth.
+    """
+    from patientkey.bench.auth import AuthOptions
+    from patientkey.bench.auth import run as run_auth
+    from patientkey.errors import PatientKeyError
+
+    try:
+        run_auth(
+            AuthOptions(
+                concurrency=concurrency,
+                duration=duration,
+                warmup=warmup,
+                workers=workers,
+                database=database,
+                pool_keys=pool_keys,
+                workdir=workdir,
+                json_out=out,
+                pg_url=pg_url,
+            )
+        )
+    except PatientKeyError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
 def audit(
     sizes: str = typer.Option(
         "10000,100000,1000000", help="Log sizes (events) to measure at, comma-separated."

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -43,6 +43,11 @@ from patientkey.pki import client_ssl_context, init_pki
 from patientkey.service.process import ServiceProcess
 
 __all__ = ["Names", "Network"]
+
+
+#: The demo pharmacy's scenarios: dispensing prescriptions, and (for reports) a claim.
+PHARMACY_SCENARIOS: Final = ("pharmacy_dispense", "insurer_claim")
+PATIENT_PASSWORD: Final = "demo patient passphrase"  # noqa: S105 - the demo patient's
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,7 @@ class Network:
     passphrase: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
+    _authenticators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- layout -----------------------------------------------------------------------
 
@@ -231,8 +237,9 @@ class Network:
         self.cli("thirdparty", "init", "--config", str(self.config(n.pharmacy)))
         export = self.workdir / f"{n.pharmacy}.export.json"
         self.cli(
-            "thirdparty", "export", "--config", str(self.config(n.pharmacy)), "--out", str(export)
-        )
+            "thirdparty", "export", "--config", str(self.config(n.pharmacy)), "--out", str(export),
+            *(arg for scenario in PHARMACY_SCENARIOS for arg in ("--scenario", scenario)),
+        )  # fmt: skip
         self.cli(
             "platform", "register-thirdparty", "--config", str(self.config(n.platform)), str(export)
         )
@@ -509,6 +516,51 @@ class Network:
             settings.keystore, self.passphrase, params=settings.keystore_kdf.params()
         )
         return store.load()
+
+    def patient_identity(self, wallet: Any) -> Any:
+        """Enroll ``wallet``'s proofs once (password, TOTP, device key); its authenticator."""
+        import pyotp
+
+        if wallet.user_id not in self._authenticators:
+            state = wallet.authz.enroll_identity(password=PATIENT_PASSWORD, totp=True)
+            authenticator = pyotp.parse_uri(state.totp_uri or "")
+            assert isinstance(authenticator, pyotp.TOTP)
+            self._authenticators[wallet.user_id] = authenticator
+        return self._authenticators[wallet.user_id]
+
+    def authorize(
+        self,
+        wallet: Any,
+        records: Sequence[str],
+        *,
+        purpose: str = "pharmacy_dispense",
+        record_type: str = "prescription",
+        totp: bool = False,
+    ) -> tuple[str, Any, Any]:
+        """The pharmacy asks ``wallet``'s patient by CIBA for ``records`` (``HIS:P_ID`` or
+        ``HIS:*``), the patient approves at once — TOTP + device signature with ``totp``,
+        else password + device signature (a TOTP code is good once per 30 s step) — and
+        the pharmacy collects its token. (auth_req_id, the request shown, the outcome)."""
+        authenticator = self.patient_identity(wallet)
+        config = str(self.config(self.names.pharmacy))
+        out = self.cli(
+            "thirdparty", "authorize", "--config", config, "--user", wallet.user_id,
+            *(arg for record in records for arg in ("--record", record)),
+            "--purpose", purpose, "--record-type", record_type,
+            "--binding-message", "counter 3", "--no-wait",
+        )  # fmt: skip
+        auth_req_id = next(
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("auth_req_id")
+        )
+        pending = wallet.authz.inbox(wait=10)
+        if len(pending) != 1:
+            raise RuntimeError(f"the wallet shows {len(pending)} pending requests, not 1")
+        proofs = {"totp": authenticator.now()} if totp else {"password": PATIENT_PASSWORD}
+        outcome = wallet.authz.approve(pending[0], **proofs)
+        self.cli("thirdparty", "token", "--config", config, auth_req_id, "--wait")
+        return auth_req_id, pending[0], outcome
 
     @contextlib.contextmanager
     def pharmacy(self) -> Iterator[Any]:

@@ -238,37 +238,16 @@ def _authorization_story(
     check: Callable[[bool, str], None],
 ) -> str:
     """The pharmacy asks (CIBA), the patient approves with TOTP + device signature."""
-    import pyotp
-
     console.rule("authorization: the pharmacy asks, the patient decides (seed 1)")
-    state = wallet.authz.enroll_identity(totp=True)
-    assert state.totp_uri is not None
-    authenticator = pyotp.parse_uri(state.totp_uri)  # the patient's authenticator app
-    assert isinstance(authenticator, pyotp.TOTP)
-    console.print(f"   patient enrolled proofs: {', '.join(state.proofs)}")
-    config = str(net.config(net.names.pharmacy))
-    records = [arg for p_id in p_ids for arg in ("--record", f"{his}:{p_id}")]
-    out = net.cli(
-        "thirdparty", "authorize", "--config", config, "--user", net.names.user, *records,
-        "--binding-message", "counter 3", "--no-wait",
-    )  # fmt: skip
-    auth_req_id = next(
-        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("auth_req_id")
-    )
-    pending = wallet.authz.inbox(wait=10)
-    check(len(pending) == 1, "the wallet received the request at once (long poll)")
-    request = pending[0]
+    records = [f"{his}:{p_id}" for p_id in p_ids]
+    auth_req_id, request, outcome = net.authorize(wallet, records, totp=True)
+    console.print("   patient enrolled at the platform: password, TOTP authenticator, device key")
     console.print(
-        f"   wallet shows: {request.client_name} asks for {request.scenario} "
-        f"({request.purpose}); binding message {request.binding_message!r}; "
-        f"proofs: {request.method.description}"
+        f"   wallet showed at once (long poll): {request.client_name} asks for "
+        f"{request.scenario} ({request.purpose}); binding message "
+        f"{request.binding_message!r}; proofs: {request.method.description}"
     )
-    outcome = wallet.authz.approve(request, totp=authenticator.now())
-    check(
-        outcome.state == "approved",
-        f"patient approved with TOTP + device signature ({outcome.acr})",
-    )
-    net.cli("thirdparty", "token", "--config", config, auth_req_id, "--wait")
+    check(outcome.state == "approved", f"patient approved: TOTP + device signature, {outcome.acr}")
     check(True, "the pharmacy's token poll returned an RFC 9068 access token")
     return auth_req_id
 

@@ -113,6 +113,7 @@ from patientkey.protocol.messages import (
     PendingRequest,
     Proofs,
 )
+from patientkey.protocol.routes import OAUTH_TOKEN
 from patientkey.storage.authz import AuthzRepository
 from patientkey.storage.repos import Store
 
@@ -188,6 +189,7 @@ class AuthorizationServer:
         lockout: LockoutPolicy | None = None,
         x509_trust: CertificateSignatureVerifier | None = None,
         pinger: Callable[[ciba.Ping], None] | None = None,
+        assertion_max_lifetime: int = 3600,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -206,6 +208,9 @@ class AuthorizationServer:
         self._lockout_policy = lockout or LockoutPolicy()
         self._x509 = x509_trust
         self._pinger = pinger
+        # One hour: common client libraries (Authlib) sign assertions that long; the
+        # jti is remembered until exp, so a longer life never means a replay.
+        self._assertion_max_lifetime = assertion_max_lifetime
         self._clock = clock
         self._passwords = PasswordVerifier()
         self._arrived = threading.Condition()
@@ -231,10 +236,13 @@ class AuthorizationServer:
     ) -> RegisteredClient:
         return authenticate_client(
             form,
-            audiences=(self.issuer, self.issuer + endpoint),
+            # The issuer, this endpoint, or the token endpoint: OIDC Core §9 names the token
+            # endpoint as aud, and client libraries reuse it for introspection/revocation.
+            audiences=(self.issuer, self.issuer + endpoint, self.issuer + OAUTH_TOKEN),
             lookup=repo.clients.get,
             replay=repo.tokens,
             now=self._now(),
+            max_lifetime=self._assertion_max_lifetime,
         )
 
     # ── CIBA: the app asks ─────────────────────────────────────────────────────────

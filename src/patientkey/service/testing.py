@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from patientkey.pki import party_files
 from patientkey.service.tls import WithTLS
 
-__all__ = ["asgi_client"]
+__all__ = ["asgi_client", "asgi_transport"]
 
 
 class _SyncASGITransport(httpx.BaseTransport):
@@ -39,12 +39,21 @@ class _SyncASGITransport(httpx.BaseTransport):
         return asyncio.run(run())
 
 
-def asgi_client(app: ASGIApp, *, pki_dir: Path | None, caller: str | None) -> httpx.Client:
-    """A client calling ``app`` in-process as party ``caller`` (None: no certificate)."""
+def asgi_transport(
+    app: ASGIApp, *, pki_dir: Path | None, caller: str | None
+) -> httpx.BaseTransport:
+    """A transport calling ``app`` in-process as party ``caller`` (None: no certificate),
+    for clients that build their own ``httpx.Client`` (an OAuth library's, say)."""
     chain: list[str] = []
     if caller is not None and pki_dir is not None:
         chain.append(party_files(pki_dir, caller).cert.read_text(encoding="ascii"))
     tls = {"client_cert_chain": chain, "client_cert_name": caller}
+    return _SyncASGITransport(WithTLS(app, tls))
+
+
+def asgi_client(app: ASGIApp, *, pki_dir: Path | None, caller: str | None) -> httpx.Client:
+    """A client calling ``app`` in-process as party ``caller`` (None: no certificate)."""
     return httpx.Client(
-        transport=_SyncASGITransport(WithTLS(app, tls)), base_url="https://testserver"
+        transport=asgi_transport(app, pki_dir=pki_dir, caller=caller),
+        base_url="https://testserver",
     )
