@@ -79,9 +79,7 @@ def fetch(world: World, wallet: Wallet, p_id: str) -> bytes:
     return reply.sealed
 
 
-def offer(
-    world: World, wallet: Wallet, p_id: str, b_id: str, *, grant: bool = True
-) -> ShareOffer:
+def offer(world: World, wallet: Wallet, p_id: str, b_id: str, *, grant: bool = True) -> ShareOffer:
     """The share offer; first, unless ``grant=False``, the patient grants ``b_id`` the record."""
     if grant and (b_id, wallet.user, p_id) not in world.granted and b_id in world.pharmacies:
         world.grant(wallet.user, b_id, p_id)
