@@ -58,6 +58,7 @@ from patientkey.authz.clients import RegisteredClient
 from patientkey.authz.consent import build_consent, revoke_consent
 from patientkey.authz.errors import (
     InsufficientUserAuthentication,
+    InvalidGrant,
     InvalidToken,
     OAuthError,
 )
@@ -92,7 +93,7 @@ from patientkey.identity import (
     provisioning_uri,
     verify_device_approval,
 )
-from patientkey.identity.assurance import AssuranceLevel
+from patientkey.identity.lockout import AUDIT_KIND
 from patientkey.identity.otp import check_destination
 from patientkey.identity.x509sig import parse_certificate
 from patientkey.protocol.messages import (
@@ -117,7 +118,7 @@ from patientkey.protocol.routes import OAUTH_TOKEN
 from patientkey.storage.authz import AuthzRepository
 from patientkey.storage.repos import Store
 
-__all__ = ["AuthorizationServer", "AuthzKeys", "OAuthAnswer"]
+__all__ = ["AuthorizationServer", "AuthzKeys", "OAuthAnswer", "error_answer"]
 
 _log = logging.getLogger(__name__)
 
@@ -274,19 +275,22 @@ class AuthorizationServer:
             try:
                 token_request = ciba.parse_token_request(form)
             except OAuthError as exc:
-                return _error(exc)
+                return error_answer(exc)
             stored = repo.requests.get(token_request.auth_req_id)
             answer = ciba.poll(
                 stored, token_request, client=client.info, policy=self.policy, now=now
             )
+            # Stored first, committed with the answer: the slow_down interval and the
+            # client's assertion jti stay recorded although the client hears an error.
+            won = answer.store is None or (
+                stored is not None and repo.requests.replace(stored, answer.store)
+            )
             if answer.error is not None:
-                # Committed with the answer: the slow_down interval and the client's
-                # assertion jti stay recorded although the client hears an error.
-                if answer.store is not None and stored is not None:
-                    repo.requests.replace(stored, answer.store)
-                return _error(answer.error)
+                return error_answer(answer.error)
+            if not won:
+                # A concurrent poll issued the one token for this request (CIBA §11).
+                return error_answer(InvalidGrant("auth_req_id was already used"))
             assert answer.store is not None
-            assert stored is not None
             issued_for = answer.store
             assert issued_for.grant_id is not None
             assert issued_for.granted is not None
@@ -302,9 +306,6 @@ class AuthorizationServer:
                 auth_time=issued_for.auth_time,
                 now=now,
             )
-            if not repo.requests.replace(stored, issued_for):
-                # Another poll won the compare-and-set: its token is the one token.
-                raise Conflict("the token for this auth_req_id was just issued")
             _record(repo, ciba.token_issued_event(issued_for, jti=issued.claims.jti, now=now))
         return OAuthAnswer(200, token_response(issued), _NO_STORE)
 
@@ -349,15 +350,24 @@ class AuthorizationServer:
         for channel, address in (("sms", request.sms), ("email", request.email)):
             if address is not None:
                 check_destination(OtpChannel(channel), address)
+        if request.password is not None:
+            with self._store.transaction() as repo:
+                replacing = repo.credentials.password_hash(user) is not None
+            if replacing:
+                # Changing a password is a proof in itself: the current one, lockout-guarded.
+                current = request.current_password or ""
+                self._attempts(
+                    user,
+                    lambda repo: [
+                        (ProofKind.PASSWORD, lambda: self._password(repo, user, current))
+                    ],
+                    request_id=None,
+                )
         new_hash = self._passwords.hash(request.password) if request.password else None
         totp_uri: str | None = None
         now = self._now()
         with self._store.transaction() as repo:
             creds = repo.credentials
-            current = creds.password_hash(user)
-            if new_hash is not None and current is not None:
-                # Changing a password is a proof in itself: the current one, lockout-guarded.
-                self._verify_password(repo, user, request.current_password or "").unwrap()
             if new_hash is not None:
                 creds.set_password_hash(user, new_hash)
             if device is not None:
@@ -381,10 +391,6 @@ class AuthorizationServer:
                 {"proofs": ",".join(state.proofs), "at": now},
             )
         return state
-
-    def identity(self, user: str) -> IdentityState:
-        with self._store.transaction() as repo:
-            return self._identity(repo, user, None)
 
     @staticmethod
     def _identity(repo: AuthzRepository, user: str, totp_uri: str | None) -> IdentityState:
@@ -491,8 +497,12 @@ class AuthorizationServer:
         now = self._now()
         with self._store.transaction() as repo:
             pending = repo.requests.by_request_id(request.request_id)
-            if pending is None or pending.user_id != user:
-                raise NotFound("no such authorization request")
+        if pending is None or pending.user_id != user:
+            raise NotFound("no such authorization request")
+        state = pending.effective_state(now)
+        if state is not ciba.CibaState.PENDING:
+            # Before any proof is checked: a decided request costs no Argon2id, no lockout.
+            raise Conflict(f"authorization request is {state}")
         if request.decision == "deny":
             return self._deny(pending, user, now)
         approved = (
@@ -575,7 +585,8 @@ class AuthorizationServer:
         if not changed:
             return
         needed = request.decision.method.level
-        raised = _LEVELS[min(needed.rank, len(_LEVELS) - 1)]
+        stronger = needed.at_least()[1:]
+        raised = stronger[0] if stronger else needed
         reached = self.catalog.level_reached(kinds)
         if reached is None or reached.rank < raised.rank:
             raise InsufficientUserAuthentication(
@@ -591,30 +602,44 @@ class AuthorizationServer:
         proofs: Proofs,
         challenge: ApprovalChallenge,
     ) -> frozenset[ProofKind]:
-        """Check every proof given, lockout-guarded; failures are charged and recorded
-        (this transaction commits) before the first one is raised."""
+        """The proof kinds given for ``request`` that verified; the first failure raised."""
+        verified = self._attempts(
+            user,
+            lambda repo: self._verifiers(repo, user, request, proofs, challenge),
+            request_id=request.request_id,
+        )
+        if not verified:
+            raise InsufficientUserAuthentication(
+                f"no proof given: {request.decision.method.describe()}",
+                acr_values=tuple(lvl.acr for lvl in request.decision.method.level.at_least()),
+            )
+        return verified
+
+    def _attempts(
+        self,
+        user: str,
+        verifiers: Callable[[AuthzRepository], list[tuple[ProofKind, Callable[[], object]]]],
+        *,
+        request_id: str | None,
+    ) -> frozenset[ProofKind]:
+        """Run each proof lockout-guarded in one transaction that commits the lockout
+        charges and the record of every attempt; only then raise the first failure."""
         verified: set[ProofKind] = set()
         failure: Exception | None = None
         with self._store.transaction() as repo:
             lockout = Lockout(repo.lockout, self._lockout_policy, clock=self._clock)
-            for kind, verify in self._verifiers(repo, user, request, proofs, challenge):
+            for kind, verify in verifiers(repo):
                 attempt = lockout.attempt(user, kind, verify)
-                repo.log_event(
-                    "identity.proof",
-                    user,
-                    {**_flat(attempt.event.to_dict()), "request_id": request.request_id},
-                )
+                detail = _flat(attempt.event.to_dict())
+                if request_id is not None:
+                    detail["request_id"] = request_id
+                repo.log_event(AUDIT_KIND, user, detail)
                 if attempt.accepted:
                     verified.add(kind)
                 elif failure is None:
                     failure = attempt.error
         if failure is not None:
             raise failure
-        if not verified:
-            raise InsufficientUserAuthentication(
-                f"no proof given: {request.decision.method.describe()}",
-                acr_values=tuple(lvl.acr for lvl in request.decision.method.level.at_least()),
-            )
         return frozenset(verified)
 
     def _verifiers(
@@ -667,12 +692,6 @@ class AuthorizationServer:
         if rehash is not None:
             repo.credentials.set_password_hash(user, rehash)
 
-    def _verify_password(self, repo: AuthzRepository, user: str, password: str) -> Any:
-        lockout = Lockout(repo.lockout, self._lockout_policy, clock=self._clock)
-        return lockout.attempt(
-            user, ProofKind.PASSWORD, lambda: self._password(repo, user, password)
-        )
-
     @staticmethod
     def _device(
         repo: AuthzRepository, user: str, proofs: Proofs, challenge: ApprovalChallenge
@@ -689,7 +708,10 @@ class AuthorizationServer:
         enrolled = repo.credentials.certificate(user)
         if self._x509 is None or enrolled is None or not proofs.certificate_chain_pem:
             raise ProofRejected("x509: no trust anchors or no enrolled certificate")
-        chain = x509.load_pem_x509_certificates(proofs.certificate_chain_pem.encode())
+        try:
+            chain = x509.load_pem_x509_certificates(proofs.certificate_chain_pem.encode())
+        except ValueError as exc:
+            raise ProofRejected("x509: the chain is not PEM certificates") from exc
         binding = CertificateBinding.from_certificate(parse_certificate(enrolled.encode()))
         self._x509.verify(
             binding=binding,
@@ -741,15 +763,6 @@ class AuthorizationServer:
         document = repo.grants.consent(grant_id)
         if document is not None:
             repo.grants.set_consent(grant_id, revoke_consent(document))
-
-    def consent(self, user: str, grant_id: str) -> dict[str, Any]:
-        """The FHIR Consent stored with one of the patient's grants."""
-        with self._store.transaction() as repo:
-            grant = repo.grants.get(grant_id)
-            document = repo.grants.consent(grant_id) if grant is not None else None
-            if grant is None or grant.user_id != user or document is None:
-                raise NotFound("no such grant")
-            return document
 
     # ── the live gates ───────────────────────────────────────────────────────────────
 
@@ -817,7 +830,6 @@ class AuthorizationServer:
 # ── helpers ───────────────────────────────────────────────────────────────────────
 
 _PEM: Final = Encoding.PEM
-_LEVELS: Final = (AssuranceLevel.LOW, AssuranceLevel.SUBSTANTIAL, AssuranceLevel.HIGH)
 
 
 def _own(caller: str, user_id: str) -> str:
@@ -826,8 +838,9 @@ def _own(caller: str, user_id: str) -> str:
     return user_id
 
 
-def _error(exc: OAuthError) -> OAuthAnswer:
-    return OAuthAnswer(exc.status, {**exc.to_problem(), **exc.to_oauth()}, exc.headers())
+def error_answer(exc: OAuthError, instance: str | None = None) -> OAuthAnswer:
+    """An OAuth error as RFC 9457 problem members plus the RFC 6749 §5.2 ``error`` ones."""
+    return OAuthAnswer(exc.status, {**exc.to_problem(instance), **exc.to_oauth()}, exc.headers())
 
 
 def _flat(values: Mapping[str, Any]) -> dict[str, str | int | bool | None]:

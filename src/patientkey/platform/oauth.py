@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from patientkey.authz._form import single_params
 from patientkey.authz.errors import InvalidRequest, OAuthError
-from patientkey.platform.authorization import AuthorizationServer, OAuthAnswer
+from patientkey.platform.authorization import AuthorizationServer, OAuthAnswer, error_answer
 from patientkey.protocol.routes import (
     OAUTH_BC_AUTHORIZE,
     OAUTH_INTROSPECT,
@@ -63,11 +64,6 @@ def _answer(answer: OAuthAnswer) -> Response:
     )
 
 
-def _oauth_error(exc: OAuthError, path: str) -> Response:
-    body = {**exc.to_problem(path), **exc.to_oauth()}
-    return _answer(OAuthAnswer(exc.status, body, exc.headers()))
-
-
 def install_oauth_routes(app: FastAPI, server: AuthorizationServer) -> None:
     """Discovery, JWKS and the four form endpoints on ``app``."""
 
@@ -78,10 +74,10 @@ def install_oauth_routes(app: FastAPI, server: AuthorizationServer) -> None:
                 if "authorization" in request.headers:
                     # RFC 6749 §2.3: one authentication method per request; ours is the form.
                     raise InvalidRequest("authenticate with private_key_jwt only")
-                form = dict(_single(_form(body, request.headers.get("content-type"))))
+                form = single_params(_form(body, request.headers.get("content-type")))
                 answer = await run_in_threadpool(method, form, endpoint=path)
             except OAuthError as exc:
-                return _oauth_error(exc, path)
+                return _answer(error_answer(exc, path))
             return _answer(answer)
 
         app.add_api_route(
@@ -115,14 +111,3 @@ def install_oauth_routes(app: FastAPI, server: AuthorizationServer) -> None:
     form_route(OAUTH_TOKEN, "Token endpoint (CIBA grant)", server.token)
     form_route(OAUTH_INTROSPECT, "Token introspection (RFC 7662)", server.introspect)
     form_route(OAUTH_REVOKE, "Token revocation (RFC 7009)", server.revoke)
-
-
-def _single(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    # Repeated parameters are refused by the core (authz._form); keep them as pairs
-    # until then so a repetition is seen, not silently collapsed by dict().
-    seen: dict[str, Any] = {}
-    for name, _value in pairs:
-        if name in seen:
-            raise InvalidRequest(f"parameter {name} is repeated")
-        seen[name] = True
-    return pairs
