@@ -22,10 +22,13 @@ method                       what
 ``require_grant``            the live-grant gate of a share (no token: the wallet asks)
 ===========================  ==============================================================
 
-Transactions: each call is one store transaction, except ``decide``, which first
-checks the proofs in a transaction of their own — failed proofs are charged to the
-lockout and recorded even though the decision is then refused — and then decides in a
-second one (compare-and-set on the request, so a proof can never approve twice).
+Transactions: each call is one store transaction, except where a proof is checked
+(``decide``, a password change) or a code is sent. There every store call of the proof
+verifiers is its own short transaction: the lockout charge commits before the proof is
+checked, no database lock is held during Argon2id (~0.2 s) or a signature check or the
+gateway call, and failed proofs stay charged and recorded although the decision is
+refused. ``decide`` then decides in one transaction (compare-and-set on the request, so
+a proof can never approve twice).
 
 Step-up (RFC 9470): a decision whose login environment (the wallet's user agent and
 install id, and the network the platform sees) differs from the one last accepted
@@ -42,9 +45,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -93,8 +96,9 @@ from patientkey.identity import (
     provisioning_uri,
     verify_device_approval,
 )
-from patientkey.identity.lockout import AUDIT_KIND
-from patientkey.identity.otp import check_destination
+from patientkey.identity.lockout import AUDIT_KIND, LockoutState
+from patientkey.identity.otp import OtpChallenge, check_destination
+from patientkey.identity.totp import TotpEnrollment
 from patientkey.identity.x509sig import parse_certificate
 from patientkey.protocol.messages import (
     AuthzDecision,
@@ -121,6 +125,7 @@ from patientkey.storage.repos import Store
 __all__ = ["AuthorizationServer", "AuthzKeys", "OAuthAnswer", "error_answer"]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NONCE_LABEL: Final = b"patientkey/authz/approval-nonce/v1"
 _ENV_LABEL: Final = b"patientkey/authz/environment/v1"
@@ -214,6 +219,10 @@ class AuthorizationServer:
         self._assertion_max_lifetime = assertion_max_lifetime
         self._clock = clock
         self._passwords = PasswordVerifier()
+        self._calls = _Calls(store)
+        self._lockout = Lockout(self._calls.lockout, self._lockout_policy, clock=clock)
+        self._totp = TotpVerifier(self._calls.totp, clock=clock)
+        self._codes = OneTimeCodes(keys.secret, self._calls.otp, gateway, clock=clock)
         self._arrived = threading.Condition()
         self._long_polls = threading.BoundedSemaphore(_MAX_LONG_POLLS)
 
@@ -350,19 +359,13 @@ class AuthorizationServer:
         for channel, address in (("sms", request.sms), ("email", request.email)):
             if address is not None:
                 check_destination(OtpChannel(channel), address)
-        if request.password is not None:
-            with self._store.transaction() as repo:
-                replacing = repo.credentials.password_hash(user) is not None
-            if replacing:
-                # Changing a password is a proof in itself: the current one, lockout-guarded.
-                current = request.current_password or ""
-                self._attempts(
-                    user,
-                    lambda repo: [
-                        (ProofKind.PASSWORD, lambda: self._password(repo, user, current))
-                    ],
-                    request_id=None,
-                )
+        if request.password is not None and self._calls.run(
+            lambda repo: repo.credentials.password_hash(user) is not None
+        ):
+            # Changing a password is a proof in itself: the current one, lockout-guarded.
+            current = request.current_password or ""
+            check = [(ProofKind.PASSWORD, lambda: self._password(user, current))]
+            self._attempts(user, check, request_id=None)
         new_hash = self._passwords.hash(request.password) if request.password else None
         totp_uri: str | None = None
         now = self._now()
@@ -469,15 +472,13 @@ class AuthorizationServer:
             if found.effective_state(self._now()) is not ciba.CibaState.PENDING:
                 raise Conflict("the authorization request is no longer pending")
             destination = repo.credentials.contact(user, request.channel)
-            if destination is None:
-                raise Conflict(f"no {request.channel} contact is enrolled")
-            codes = OneTimeCodes(self._keys.secret, repo.otp, self._gateway, clock=self._clock)
-            challenge = codes.send(
-                user_id=user,
-                request_id=request.request_id,
-                channel=channel,
-                destination=destination,
-            )
+        if destination is None:
+            raise Conflict(f"no {request.channel} contact is enrolled")
+        # The gateway (an SMS or mail service) is called with no transaction open.
+        challenge = self._codes.send(
+            user_id=user, request_id=request.request_id, channel=channel, destination=destination
+        )
+        with self._store.transaction() as repo:
             repo.log_event(
                 "identity.otp_sent",
                 user,
@@ -604,9 +605,7 @@ class AuthorizationServer:
     ) -> frozenset[ProofKind]:
         """The proof kinds given for ``request`` that verified; the first failure raised."""
         verified = self._attempts(
-            user,
-            lambda repo: self._verifiers(repo, user, request, proofs, challenge),
-            request_id=request.request_id,
+            user, self._verifiers(user, request, proofs, challenge), request_id=request.request_id
         )
         if not verified:
             raise InsufficientUserAuthentication(
@@ -618,33 +617,29 @@ class AuthorizationServer:
     def _attempts(
         self,
         user: str,
-        verifiers: Callable[[AuthzRepository], list[tuple[ProofKind, Callable[[], object]]]],
+        verifiers: Sequence[tuple[ProofKind, Callable[[], object]]],
         *,
         request_id: str | None,
     ) -> frozenset[ProofKind]:
-        """Run each proof lockout-guarded in one transaction that commits the lockout
-        charges and the record of every attempt; only then raise the first failure."""
+        """Run each proof lockout-guarded: every store call is its own short transaction
+        (``_Calls``), so a charge commits before its proof is checked and no lock is held
+        while Argon2id or a signature check runs. Every attempt is recorded; then the
+        first failure is raised."""
         verified: set[ProofKind] = set()
-        failure: Exception | None = None
+        attempts = [self._lockout.attempt(user, kind, verify) for kind, verify in verifiers]
         with self._store.transaction() as repo:
-            lockout = Lockout(repo.lockout, self._lockout_policy, clock=self._clock)
-            for kind, verify in verifiers(repo):
-                attempt = lockout.attempt(user, kind, verify)
+            for attempt in attempts:
                 detail = _flat(attempt.event.to_dict())
                 if request_id is not None:
                     detail["request_id"] = request_id
                 repo.log_event(AUDIT_KIND, user, detail)
-                if attempt.accepted:
-                    verified.add(kind)
-                elif failure is None:
-                    failure = attempt.error
-        if failure is not None:
-            raise failure
+        for attempt in attempts:
+            attempt.unwrap()  # raises the first failure
+            verified.add(attempt.event.proof)
         return frozenset(verified)
 
     def _verifiers(
         self,
-        repo: AuthzRepository,
         user: str,
         request: ciba.AuthRequest,
         proofs: Proofs,
@@ -652,21 +647,16 @@ class AuthorizationServer:
     ) -> list[tuple[ProofKind, Callable[[], object]]]:
         out: list[tuple[ProofKind, Callable[[], object]]] = []
         if proofs.password is not None:
-            out.append(
-                (ProofKind.PASSWORD, lambda: self._password(repo, user, proofs.password or ""))
-            )
+            out.append((ProofKind.PASSWORD, lambda: self._password(user, proofs.password or "")))
         if proofs.totp is not None:
-            totp = TotpVerifier(repo.totp, clock=self._clock)
-            out.append((ProofKind.TOTP, lambda: totp.verify(user, proofs.totp or "")))
+            out.append((ProofKind.TOTP, lambda: self._totp.verify(user, proofs.totp or "")))
         if proofs.otp_challenge_id is not None:
-            sent = repo.otp.get(proofs.otp_challenge_id)
-            channel = sent.channel if sent is not None else OtpChannel("sms")
-            kind = ProofKind.OTP_EMAIL if channel.value == "email" else ProofKind.OTP_SMS
-            codes = OneTimeCodes(self._keys.secret, repo.otp, self._gateway, clock=self._clock)
+            sent = self._calls.otp.get(proofs.otp_challenge_id)
+            email = sent is not None and sent.channel is OtpChannel.EMAIL
             out.append(
                 (
-                    kind,
-                    lambda: codes.verify(
+                    ProofKind.OTP_EMAIL if email else ProofKind.OTP_SMS,
+                    lambda: self._codes.verify(
                         challenge_id=proofs.otp_challenge_id or "",
                         user_id=user,
                         request_id=request.request_id,
@@ -675,37 +665,28 @@ class AuthorizationServer:
                 )
             )
         if proofs.device_signature is not None:
-            out.append(
-                (
-                    ProofKind.DEVICE_SIGNATURE,
-                    lambda: self._device(repo, user, proofs, challenge),
-                )
-            )
+            out.append((ProofKind.DEVICE_SIGNATURE, lambda: self._device(user, proofs, challenge)))
         if proofs.x509_signature is not None:
             out.append(
-                (ProofKind.X509_SIGNATURE, lambda: self._certificate(repo, user, proofs, challenge))
+                (ProofKind.X509_SIGNATURE, lambda: self._certificate(user, proofs, challenge))
             )
         return out
 
-    def _password(self, repo: AuthzRepository, user: str, password: str) -> None:
-        rehash = self._passwords.verify(repo.credentials.password_hash(user), password)
+    def _password(self, user: str, password: str) -> None:
+        stored = self._calls.run(lambda repo: repo.credentials.password_hash(user))
+        rehash = self._passwords.verify(stored, password)  # ~0.2 s, no transaction open
         if rehash is not None:
-            repo.credentials.set_password_hash(user, rehash)
+            self._calls.run(lambda repo: repo.credentials.set_password_hash(user, rehash))
 
-    @staticmethod
-    def _device(
-        repo: AuthzRepository, user: str, proofs: Proofs, challenge: ApprovalChallenge
-    ) -> None:
-        keys = {key.key_id: key for key in repo.credentials.device_keys(user)}
-        key = keys.get(proofs.device_key_id or "")
+    def _device(self, user: str, proofs: Proofs, challenge: ApprovalChallenge) -> None:
+        keys = self._calls.run(lambda repo: repo.credentials.device_keys(user))
+        key = next((k for k in keys if k.key_id == proofs.device_key_id), None)
         if key is None:
             raise ProofRejected("device: no such enrolled key")
         verify_device_approval(key, challenge, proofs.device_signature or b"")
 
-    def _certificate(
-        self, repo: AuthzRepository, user: str, proofs: Proofs, challenge: ApprovalChallenge
-    ) -> None:
-        enrolled = repo.credentials.certificate(user)
+    def _certificate(self, user: str, proofs: Proofs, challenge: ApprovalChallenge) -> None:
+        enrolled = self._calls.run(lambda repo: repo.credentials.certificate(user))
         if self._x509 is None or enrolled is None or not proofs.certificate_chain_pem:
             raise ProofRejected("x509: no trust anchors or no enrolled certificate")
         try:
@@ -828,6 +809,59 @@ class AuthorizationServer:
 
 
 # ── helpers ───────────────────────────────────────────────────────────────────────
+
+
+class _Calls:
+    """The store for the proof verifiers: every call its own short transaction."""
+
+    def __init__(self, store: Store[AuthzRepository]) -> None:
+        self._store = store
+        self.lockout = _LockoutCalls(self)
+        self.totp = _TotpCalls(self)
+        self.otp = _OtpCalls(self)
+
+    def run(self, work: Callable[[AuthzRepository], T]) -> T:
+        with self._store.transaction() as repo:
+            return work(repo)
+
+
+class _LockoutCalls:
+    def __init__(self, calls: _Calls) -> None:
+        self._run = calls.run
+
+    def update(
+        self,
+        user_id: str,
+        proof: ProofKind,
+        change: Callable[[LockoutState | None], LockoutState | None],
+    ) -> LockoutState | None:
+        return self._run(lambda repo: repo.lockout.update(user_id, proof, change))
+
+
+class _TotpCalls:
+    def __init__(self, calls: _Calls) -> None:
+        self._run = calls.run
+
+    def get(self, user_id: str) -> TotpEnrollment | None:
+        return self._run(lambda repo: repo.totp.get(user_id))
+
+    def swap(self, user_id: str, expected: TotpEnrollment, new: TotpEnrollment) -> bool:
+        return self._run(lambda repo: repo.totp.swap(user_id, expected, new))
+
+
+class _OtpCalls:
+    def __init__(self, calls: _Calls) -> None:
+        self._run = calls.run
+
+    def add(self, challenge: OtpChallenge) -> None:
+        self._run(lambda repo: repo.otp.add(challenge))
+
+    def get(self, challenge_id: str) -> OtpChallenge | None:
+        return self._run(lambda repo: repo.otp.get(challenge_id))
+
+    def swap(self, expected: OtpChallenge, new: OtpChallenge) -> bool:
+        return self._run(lambda repo: repo.otp.swap(expected, new))
+
 
 _PEM: Final = Encoding.PEM
 
