@@ -359,31 +359,23 @@ class PlatformCore:
     def share_offer(self, caller: str, request: ShareRequest) -> ShareOffer:
         """The stored ciphertext and the third party's certified HPKE key."""
         self._wallet(caller, request.user_id)
-        found: list[ThirdParty] = []
-
-        def check(repo: PlatformRepository, record: PlatformRecord) -> None:
-            found[:] = [self._registered(repo, request.b_id)]
-            _not_completed(repo, record)
-            refs[:] = [_ref(record)]
-
-        refs: list[RecordRef] = []
         with self._store.transaction() as repo:
-            check(repo, self._owned(repo, request.user_id, request.his_id, request.p_id))
-        # The gate has its own transaction: never nested in one of ours (SQLite's lock).
+            third_party = self._registered(repo, request.b_id)
+            ref = _ref(self._owned(repo, request.user_id, request.his_id, request.p_id))
+        # Before the HIS is asked for anything; the gate has its own transaction, never
+        # nested in one of ours (SQLite's write lock).
         self._grants.require_grant(
-            user_id=request.user_id, client_id=request.b_id, action=_SHARE_ACTION, record=refs[0]
+            user_id=request.user_id, client_id=request.b_id, action=_SHARE_ACTION, record=ref
         )
-
         record = self._sealed(
             request.user_id,
             his=request.his_id,
             p_id=request.p_id,
             event="share.offer",
             detail={"b_id": request.b_id},
-            check=check,
+            check=_not_completed,
         )
         assert record.sealed is not None
-        third_party = found[0]
         if not third_party.hpke_signature:
             raise Conflict(f"{third_party.b_id} has no certified HPKE key: re-register it")
         return ShareOffer(
