@@ -125,7 +125,14 @@ def test_a_missing_token_file_is_empty(tmp_path):
 def test_a_corrupt_token_file_is_refused_without_echoing_it(tmp_path):
     """Anything but a version-1 token file is a ConfigError whose text holds none of it."""
     path = tmp_path / "t.json"
-    for text in ("secret-token-text", '{"version": 2}', '{"version": 1, "tokens": [{}]}'):
+    for text in (
+        "secret-token-text",
+        '{"version": 2}',
+        '{"version": 1, "tokens": [{}]}',
+        '{"version": 1, "pending": [], "tokens": ["secret"]}',
+        '{"version": 1, "pending": [["secret"]], "tokens": []}',
+        "[" * 100_000,
+    ):
         path.write_text(text, encoding="utf-8")
         with pytest.raises(ConfigError) as caught:
             TokenFile(path).tokens()

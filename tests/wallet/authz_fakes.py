@@ -184,8 +184,8 @@ class FakeAuthz:
     def mount(self, platform: FakePlatform) -> None:
         """Serve the routes on the wallet tests' HTTP platform (real hop envelopes)."""
         for path, (expected, handler) in self.routes().items():
-            # FakePlatform has no public route registry: this is test-double wiring.
-            platform._routes[path] = (
+            platform.route(
+                path,
                 expected,
                 lambda sender, msg, p=path, h=handler: self._handle(p, h, sender, msg),
             )

@@ -382,6 +382,12 @@ class FakePlatform:
         self.announced[(self.hospital.his_id, p_id)] = (patient_id, record_type)
         self.dispense[(self.hospital.his_id, p_id)] = "open"
 
+    def route(
+        self, path: str, expected: type[Message], handler: Callable[[str, Any], Message]
+    ) -> None:
+        """Serve ``path`` too: ``handler(sender, message)`` behind the real hop envelopes."""
+        self._routes[path] = (expected, handler)
+
     # --- transport
 
     def handle(self, request: httpx.Request) -> httpx.Response:

@@ -31,6 +31,7 @@ import fcntl
 import json
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,6 +141,9 @@ class _State:
     pending: dict[str, BackchannelTicket] = field(default_factory=dict)
     tokens: dict[str, TokenSet] = field(default_factory=dict)
 
+    def copy(self) -> _State:
+        return _State(dict(self.pending), dict(self.tokens))
+
     def put_token(self, token: TokenSet) -> None:
         self.tokens[token.ref] = token
 
@@ -156,7 +160,54 @@ class _State:
             raise NotFound("no such pending authorization request") from None
 
 
-class MemoryTokenStore:
+class _Stored(ABC):
+    """:class:`TokenStore` over a whole :class:`_State` read, or updated under a lock.
+
+    An update is kept only when the operation succeeded (``forget_token`` of an unknown
+    ref changes nothing), so the file and its in-memory twin behave alike by construction.
+    """
+
+    @abstractmethod
+    def _read(self) -> _State: ...
+
+    @abstractmethod
+    def _update(self) -> contextlib.AbstractContextManager[_State]: ...
+
+    def tokens_for(self, user_id: str) -> list[TokenSet]:
+        return [t for t in self.tokens() if t.user_id == user_id]
+
+    def tokens(self) -> list[TokenSet]:
+        return list(self._read().tokens.values())
+
+    def put_token(self, token: TokenSet) -> None:
+        with self._update() as state:
+            state.put_token(token)
+
+    def forget_token(self, ref: str) -> TokenSet:
+        with self._update() as state:
+            return state.forget_token(ref)
+
+    def pending(self) -> list[BackchannelTicket]:
+        return list(self._read().pending.values())
+
+    def redeem(self, auth_req_id: str, token: TokenSet) -> None:
+        with self._update() as state:
+            state.pending.pop(auth_req_id, None)
+            state.put_token(token)
+
+    def get_pending(self, auth_req_id: str) -> BackchannelTicket:
+        return self._read().get_pending(auth_req_id)
+
+    def put_pending(self, ticket: BackchannelTicket) -> None:
+        with self._update() as state:
+            state.pending[ticket.auth_req_id] = ticket
+
+    def forget_pending(self, auth_req_id: str) -> None:
+        with self._update() as state:
+            state.pending.pop(auth_req_id, None)
+
+
+class MemoryTokenStore(_Stored):
     """The in-memory twin of :class:`TokenFile` (tests, an embedded demo)."""
 
     def __init__(self, tokens: Iterable[TokenSet] = ()) -> None:
@@ -165,41 +216,16 @@ class MemoryTokenStore:
         for token in tokens:
             self._state.put_token(token)
 
-    def tokens_for(self, user_id: str) -> list[TokenSet]:
-        return [t for t in self.tokens() if t.user_id == user_id]
-
-    def tokens(self) -> list[TokenSet]:
+    def _read(self) -> _State:
         with self._lock:
-            return list(self._state.tokens.values())
+            return self._state.copy()
 
-    def put_token(self, token: TokenSet) -> None:
+    @contextlib.contextmanager
+    def _update(self) -> Iterator[_State]:
         with self._lock:
-            self._state.put_token(token)
-
-    def forget_token(self, ref: str) -> TokenSet:
-        with self._lock:
-            return self._state.forget_token(ref)
-
-    def pending(self) -> list[BackchannelTicket]:
-        with self._lock:
-            return list(self._state.pending.values())
-
-    def redeem(self, auth_req_id: str, token: TokenSet) -> None:
-        with self._lock:
-            self._state.pending.pop(auth_req_id, None)
-            self._state.put_token(token)
-
-    def get_pending(self, auth_req_id: str) -> BackchannelTicket:
-        with self._lock:
-            return self._state.get_pending(auth_req_id)
-
-    def put_pending(self, ticket: BackchannelTicket) -> None:
-        with self._lock:
-            self._state.pending[ticket.auth_req_id] = ticket
-
-    def forget_pending(self, auth_req_id: str) -> None:
-        with self._lock:
-            self._state.pending.pop(auth_req_id, None)
+            state = self._state.copy()
+            yield state
+            self._state = state
 
 
 # ── the file ─────────────────────────────────────────────────────────────────────
@@ -257,7 +283,7 @@ def _token(data: dict[str, Any]) -> TokenSet:
     )
 
 
-class TokenFile:
+class TokenFile(_Stored):
     """The tokens and pending requests in one private JSON file (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
@@ -288,7 +314,7 @@ class TokenFile:
                 raise ValueError("not a version 1 token file")  # noqa: TRY301 - one message for all
             tickets = [_ticket(item) for item in data["pending"]]
             tokens = [_token(item) for item in data["tokens"]]
-        except (ValueError, KeyError, TypeError, OAuthError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OAuthError) as exc:
             # The text is never echoed: it holds bearer tokens.
             raise ConfigError(f"{self.path} is not a PatientKey token file") from exc
         state = _State()
@@ -312,36 +338,3 @@ class TokenFile:
             state = self._read()
             yield state
             self._write(state)
-
-    def tokens_for(self, user_id: str) -> list[TokenSet]:
-        return [t for t in self.tokens() if t.user_id == user_id]
-
-    def tokens(self) -> list[TokenSet]:
-        return list(self._read().tokens.values())
-
-    def put_token(self, token: TokenSet) -> None:
-        with self._update() as state:
-            state.put_token(token)
-
-    def forget_token(self, ref: str) -> TokenSet:
-        with self._update() as state:
-            return state.forget_token(ref)
-
-    def pending(self) -> list[BackchannelTicket]:
-        return list(self._read().pending.values())
-
-    def redeem(self, auth_req_id: str, token: TokenSet) -> None:
-        with self._update() as state:
-            state.pending.pop(auth_req_id, None)
-            state.put_token(token)
-
-    def get_pending(self, auth_req_id: str) -> BackchannelTicket:
-        return self._read().get_pending(auth_req_id)
-
-    def put_pending(self, ticket: BackchannelTicket) -> None:
-        with self._update() as state:
-            state.pending[ticket.auth_req_id] = ticket
-
-    def forget_pending(self, auth_req_id: str) -> None:
-        with self._update() as state:
-            state.pending.pop(auth_req_id, None)
