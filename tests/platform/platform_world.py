@@ -361,6 +361,8 @@ class World:
         kme: KmeCore | None = None,
         replay_cache: ReplayCache | None = None,
         responder: PqResponder | None = None,
+        clock: Any = time.time,
+        pinger: Any = None,
     ) -> None:
         self.store = store
         self.pki = pki
@@ -409,7 +411,10 @@ class World:
             keys=AuthzKeys.generate(),
             catalog=default_catalog(),
             gateway=self.otp_sink,
+            clock=clock,
+            pinger=pinger,
         )
+        self.clock = clock
         self.devices: dict[str, Any] = {}
         self.tokens: dict[tuple[str, str], str] = {}
         self.granted: set[tuple[str, str, str]] = set()  # (b_id, user, p_id)
@@ -449,7 +454,7 @@ class World:
         return {
             "client_assertion_type": CLIENT_ASSERTION_TYPE,
             "client_assertion": client_assertion(
-                b_id, ECKey.import_key(key), audience=ISSUER + endpoint, now=int(time.time())
+                b_id, ECKey.import_key(key), audience=ISSUER + endpoint, now=int(self.clock())
             ),
         }
 
@@ -487,33 +492,46 @@ class World:
         }
         return str(self.authz.backchannel(form, endpoint="/bc-authorize").body["auth_req_id"])
 
-    def approve(self, user: str, **choices: Any) -> str:
-        """``user`` approves their oldest pending request with password + device signature."""
+    def approve(
+        self,
+        user: str,
+        *,
+        authorization_details: list[dict[str, Any]] | None = None,
+        password: bool = True,
+        device: bool = True,
+        totp: str | None = None,
+        environment: Environment = ENVIRONMENT,
+        network: str = "127.0.0.1",
+    ) -> str:
+        """``user`` approves their oldest pending request (password + device signature
+        unless told otherwise); the grant id."""
         pending = self.authz.inbox(user, InboxRequest(user_id=user)).requests[0]
-        details = choices.pop("authorization_details", None)
         # What the platform will grant, and what the signature must cover (RFC 9396 §7).
         granted = dump_details(
             narrow(
                 parse_authorization_details(pending.authorization_details),
-                None if details is None else parse_authorization_details(details),
+                None
+                if authorization_details is None
+                else parse_authorization_details(authorization_details),
             )
         )
         challenge = ApprovalChallenge.create(pending.request_id, granted, pending.nonce)
-        signature = sign_device_approval(self.identity(user), challenge)
+        key = self.identity(user)
         proofs = Proofs(
-            password=PASSWORD,
-            device_key_id=DeviceKey.from_public_key(self.identity(user).public_key()).key_id,
-            device_signature=signature,
+            password=PASSWORD if password else None,
+            totp=totp,
+            device_key_id=DeviceKey.from_public_key(key.public_key()).key_id if device else None,
+            device_signature=sign_device_approval(key, challenge) if device else None,
         )
         decision = AuthzDecision(
             user_id=user,
             request_id=pending.request_id,
             decision="approve",
-            environment=ENVIRONMENT,
-            authorization_details=details,
+            environment=environment,
+            authorization_details=authorization_details,
             proofs=proofs,
         )
-        outcome = self.authz.decide(user, decision, network="127.0.0.1")
+        outcome = self.authz.decide(user, decision, network=network)
         assert outcome.grant_id is not None
         return outcome.grant_id
 

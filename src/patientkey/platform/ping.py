@@ -27,8 +27,16 @@ _TIMEOUT: Final = 5.0
 class HttpPinger:
     """Delivers pings with ``httpx`` from a small thread pool."""
 
-    def __init__(self, verify: ssl.SSLContext | bool = True, *, workers: int = 2) -> None:
-        self._http = httpx.Client(verify=verify, timeout=_TIMEOUT, follow_redirects=False)
+    def __init__(
+        self,
+        verify: ssl.SSLContext | bool = True,
+        *,
+        workers: int = 2,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            verify=verify, timeout=_TIMEOUT, follow_redirects=False, transport=transport
+        )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ciba-ping")
 
     def __call__(self, ping: Ping) -> None:
