@@ -187,7 +187,7 @@ def _story(
         )
 
         granted = [r.p_id for r in listed[:2]]
-        auth_req_id = _authorization_story(
+        _authorization_story(
             console, net, wallet=wallet, his=first.his_id, p_ids=granted, check=check
         )
         meter.step("authorize (CIBA, TOTP + device)", wallet)
@@ -220,9 +220,7 @@ def _story(
             check(False, "a completed prescription cannot be shared again")
         except Conflict:
             check(True, "a completed prescription cannot be shared again (409)")
-        _revocation_story(
-            console, net, wallet=wallet, listed=listed, auth_req_id=auth_req_id, check=check
-        )
+        _revocation_story(console, net, wallet=wallet, listed=listed, check=check)
 
         console.print(meter.table())
         _blindness(console, net, records, check)
@@ -236,11 +234,11 @@ def _authorization_story(
     his: str,
     p_ids: list[str],
     check: Callable[[bool, str], None],
-) -> str:
+) -> None:
     """The pharmacy asks (CIBA), the patient approves with TOTP + device signature."""
     console.rule("authorization: the pharmacy asks, the patient decides (seed 1)")
     records = [f"{his}:{p_id}" for p_id in p_ids]
-    auth_req_id, request, outcome = net.authorize(wallet, records, totp=True)
+    _, request, outcome = net.authorize(wallet, records, totp=True)
     console.print("   patient enrolled at the platform: password, TOTP authenticator, device key")
     console.print(
         f"   wallet showed at once (long poll): {request.client_name} asks for "
@@ -249,7 +247,6 @@ def _authorization_story(
     )
     check(outcome.state == "approved", f"patient approved: TOTP + device signature, {outcome.acr}")
     check(True, "the pharmacy's token poll returned an RFC 9068 access token")
-    return auth_req_id
 
 
 def _revocation_story(
@@ -258,7 +255,6 @@ def _revocation_story(
     *,
     wallet: Any,
     listed: list[Any],
-    auth_req_id: str,
     check: Callable[[bool, str], None],
 ) -> None:
     """The patient revokes; the pharmacy's very next request is refused."""
@@ -276,7 +272,6 @@ def _revocation_story(
             check(False, "the pharmacy's next request is refused")
         except PatientKeyError as exc:
             check(exc.status == 401, f"the pharmacy's next request is refused ({exc.status})")
-    del auth_req_id  # the request is spent: a second token poll would be invalid_grant
 
 
 def _pharmacy_story(
