@@ -131,7 +131,9 @@ _NONCE_LABEL: Final = b"patientkey/authz/approval-nonce/v1"
 _ENV_LABEL: Final = b"patientkey/authz/environment/v1"
 _ISSUER_NAME: Final = "PatientKey"
 _LONG_POLL_SLICE: Final = 0.5  # re-read the store this often (other workers' requests)
-_MAX_LONG_POLLS: Final = 32  # waiting threads are a bounded resource of the pool
+# A held long poll occupies one of the 40 threads of the server's pool: at most this many
+# wait at once, the others answer at once (the wallet polls again).
+_MAX_LONG_POLLS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,11 @@ def load_keys(settings: PlatformSettings) -> PlatformKeys:
 
 def issuer_of(settings: PlatformSettings, port: int) -> str:
     """The OAuth issuer: configured, else this server's own https origin."""
-    return settings.issuer or f"https://{settings.host}:{port}"
+    if settings.issuer is not None:
+        return settings.issuer
+    if settings.host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising, not binding
+        raise ConfigError("listening on every address: set `issuer` to the URL apps use")
+    return f"https://{settings.host}:{port}"
 
 
 def build_authorization(
