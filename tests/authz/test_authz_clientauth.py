@@ -315,6 +315,8 @@ REFUSALS: dict[str, Any] = {
     "no exp": lambda: form(sign(claims(exp=...))),
     "exp not a number": lambda: form(sign(claims(exp="soon"))),
     "exp a boolean": lambda: form(sign(claims(exp=True))),
+    "exp an integer beyond a float": lambda: form(sign(claims(exp=10**400))),
+    "iat an integer below a float": lambda: form(sign(claims(iat=-(10**400)))),
     "too long-lived": lambda: form(sign(claims(iat=NOW - 10, exp=NOW + 291))),
     "too long-lived without iat": lambda: form(sign(claims(iat=..., exp=NOW + 331))),
     "iat in the future": lambda: form(sign(claims(iat=NOW + 31, exp=NOW + 90))),
@@ -489,6 +491,17 @@ def test_a_re_registered_jwks_is_noticed(imports):
     refused(form(sign(claims("cache-3", jti="2"))), clients={"cache-3": new})
     payload = claims("cache-3", jti="3")
     assert authenticate(form(sign(payload, OTHER_KEY)), clients={"cache-3": new}) is new
+    assert imports == ["OKP", "OKP"]
+
+
+def test_a_jwks_changed_in_place_is_noticed(imports):
+    """A registration whose JWKS dict is edited in place is not served from the cache."""
+    client = registered("cache-4", public(ED_KEY))
+    authenticate(form(sign(claims("cache-4", jti="1"))), clients={"cache-4": client})
+    client.jwks["keys"][0] = public(OTHER_KEY)
+    refused(form(sign(claims("cache-4", jti="2"))), clients={"cache-4": client})
+    payload = claims("cache-4", jti="3")
+    assert authenticate(form(sign(payload, OTHER_KEY)), clients={"cache-4": client}) is client
     assert imports == ["OKP", "OKP"]
 
 

@@ -89,6 +89,19 @@ def test_a_ping_client_is_registered(catalog):
     assert client.info.scenarios == {"personal_app_sync", "research"}
 
 
+def test_a_notification_endpoint_may_carry_a_query(catalog):
+    """Unlike the issuer (RFC 8414 §2), a client's callback URL may have a query."""
+    endpoint = "https://app.example/ciba?tenant=7"
+    client = parse_registration(
+        doc(
+            backchannel_token_delivery_mode="ping",
+            backchannel_client_notification_endpoint=endpoint,
+        ),
+        catalog=catalog,
+    )
+    assert client.info.notification_endpoint == endpoint
+
+
 def test_every_supported_key_type_registers(catalog):
     """Ed25519, P-256 and RSA-2048 public keys, with use=sig and alg, are accepted."""
     keys = [pub(ED_KEY, use="sig", alg="Ed25519"), pub(EC_KEY, "k2"), pub(RSA_KEY, "k3")]
@@ -243,6 +256,18 @@ REFUSALS: dict[str, tuple[Any, str]] = {
     ),
     "endpoint with a fragment": (
         doc(backchannel_client_notification_endpoint="https://app.example/cb#x"),
+        "https",
+    ),
+    "endpoint with an empty fragment": (
+        doc(backchannel_client_notification_endpoint="https://app.example/cb#"),
+        "https",
+    ),
+    "endpoint with a password only": (
+        doc(backchannel_client_notification_endpoint="https://:p@app.example/cb"),
+        "https",
+    ),
+    "endpoint too long": (
+        doc(backchannel_client_notification_endpoint="https://app.example/" + "a" * 2048),
         "https",
     ),
     "endpoint with credentials": (

@@ -44,9 +44,9 @@ recording earlier would let anyone who can guess a client's next ``jti`` lock it
 
 Performance: this runs on every token, introspection and revocation call. Keys are
 imported into joserfc once per client and JWKS: a small LRU keyed by client_id holds the
-imported keys with the SHA-256 fingerprint of the JWKS's canonical JSON, so a
-re-registered JWKS is noticed on the next call and a call costs one JSON dump, one
-hash and one signature verification.
+imported keys with a JSON copy of the JWKS they came from, so a re-registered JWKS is
+noticed on the next call and a call costs one dict comparison and one signature
+verification.
 
 Interoperability: Authlib's ``private_key_jwt_sign`` and ``PrivateKeyJWT`` make these
 assertions; note that both default to a one-hour ``exp`` (``expires_in=3600``), which
@@ -58,7 +58,6 @@ signature bytes are the same, and older clients still send it).
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
@@ -308,29 +307,30 @@ def _bit_length(b64: str) -> int:
 
 
 class _KeyCache:
-    """Imported keys per client, valid while the client's JWKS fingerprint is unchanged."""
+    """Imported keys per client, valid while the client's JWKS is unchanged."""
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
-        self._entries: OrderedDict[str, tuple[bytes, tuple[VerificationKey, ...]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Any, tuple[VerificationKey, ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def keys_for(self, client: RegisteredClient) -> tuple[VerificationKey, ...]:
-        try:
-            canonical = json.dumps(client.jwks, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
-            return ()
-        fingerprint = hashlib.sha256(canonical.encode("utf-8")).digest()
         with self._lock:
             hit = self._entries.get(client.client_id)
-            if hit is not None and hit[0] == fingerprint:
+            # Compared with a JSON copy taken on the miss: an equal JWKS in a new object
+            # (each lookup may build one) hits, a JWKS changed in place does not.
+            if hit is not None and hit[0] == client.jwks:
                 self._entries.move_to_end(client.client_id)
                 return hit[1]
+        try:
+            snapshot = json.loads(json.dumps(client.jwks))
+        except (TypeError, ValueError, RecursionError):
+            return ()  # not a JSON document: it registers no usable key
         # Imported outside the lock: two threads may both import on a miss, which is
         # harmless, while one slow import never stalls every other client.
-        keys = verification_keys(client.jwks)
+        keys = verification_keys(snapshot)
         with self._lock:
-            self._entries[client.client_id] = (fingerprint, keys)
+            self._entries[client.client_id] = (snapshot, keys)
             self._entries.move_to_end(client.client_id)
             while len(self._entries) > self._maxsize:
                 self._entries.popitem(last=False)
@@ -345,13 +345,6 @@ _KEYS: Final = _KeyCache(_KEY_CACHE_SIZE)
 
 class _Refused(Exception):
     """A precise reason, for the local log only; never leaves this module."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        #: Set once the client is known to be registered (an unknown id is an
-        #: attacker's text and stays out of the log).
-        self.client_id: str | None = None
 
 
 def authenticate_client(
@@ -376,42 +369,13 @@ def authenticate_client(
         raise ConfigError(f"assertion max_lifetime must be 1..{_MAX_LIFETIME_LIMIT} seconds")
     if not 0 <= leeway <= _MAX_LEEWAY:
         raise ConfigError(f"assertion leeway must be 0..{_MAX_LEEWAY} seconds")
+    # Logged only once it names a registered client: an unknown id is an attacker's text.
+    registered: str | None = None
     try:
-        return _authenticate(
-            params,
-            audiences=audiences,
-            lookup=lookup,
-            replay=replay,
-            now=now,
-            max_lifetime=max_lifetime,
-            leeway=leeway,
-        )
-    except _Refused as refused:
-        _log.debug(
-            "client authentication refused (client %s): %s",
-            refused.client_id or "?",
-            refused.reason,
-        )
-        raise InvalidClient(FAILURE) from None
-
-
-def _authenticate(
-    params: Mapping[str, str],
-    *,
-    audiences: Collection[str],
-    lookup: Callable[[str], RegisteredClient | None],
-    replay: AssertionReplay,
-    now: int,
-    max_lifetime: int,
-    leeway: int,
-) -> RegisteredClient:
-    assertion = _form(params)
-    header, claims, signing_input, signature = _parse(assertion)
-    client_id = _client_id(params, claims)
-    client = lookup(client_id)
-    if client is None or client.client_id != client_id:
-        raise _Refused("unknown client")
-    try:
+        header, claims, signing_input, signature = _parse(_form(params))
+        client_id = _client_id(params, claims)
+        client = _registered(lookup, client_id)
+        registered = client_id
         _verify_signature(client, header, signing_input, signature)
         jti, exp = _check_claims(
             claims, client_id, audiences, now=now, max_lifetime=max_lifetime, leeway=leeway
@@ -419,8 +383,17 @@ def _authenticate(
         # Remembered until the last moment the assertion could still be accepted.
         _record(replay, client_id, jti, exp + leeway)
     except _Refused as refused:
-        refused.client_id = client_id
-        raise
+        _log.debug("client authentication refused (client %s): %s", registered or "?", refused)
+        raise InvalidClient(FAILURE) from None
+    return client
+
+
+def _registered(
+    lookup: Callable[[str], RegisteredClient | None], client_id: str
+) -> RegisteredClient:
+    client = lookup(client_id)
+    if client is None or client.client_id != client_id:
+        raise _Refused("unknown client")
     return client
 
 
@@ -445,11 +418,12 @@ def _form(params: Mapping[str, str]) -> str:
 def _parse(assertion: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Header, claims (not yet trusted), signing input and signature of the assertion."""
     raw = assertion.encode("ascii")
+    signing_input, _, signature_segment = raw.rpartition(b".")
     try:
         obj = jws.extract_compact(raw)
         header = obj.headers()
         claims = json.loads(obj.payload)
-        signature = urlsafe_b64decode(raw.rpartition(b".")[2])
+        signature = urlsafe_b64decode(signature_segment)
     except (JoseError, ValueError, TypeError) as exc:
         raise _Refused(f"malformed JWS ({type(exc).__name__})") from None
     if not isinstance(claims, dict):
@@ -467,7 +441,7 @@ def _parse(assertion: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise _Refused("kid is not a string")
-    return header, claims, raw.rpartition(b".")[0], signature
+    return header, claims, signing_input, signature
 
 
 def _client_id(params: Mapping[str, str], claims: Mapping[str, Any]) -> str:
@@ -544,7 +518,12 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # An int is always finite; math.isfinite would overflow on one beyond a float's range.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise _Refused(f"{name} is not a NumericDate")
     return value
 

@@ -63,7 +63,14 @@ from patientkey.authz.rar import DETAILS_TYPE
 from patientkey.errors import ConfigError
 from patientkey.identity.assurance import ACR_VALUES, AssuranceLevel
 
-__all__ = ["AUTH_METHODS", "DEFAULT_PATHS", "SCENARIOS_MEMBER", "server_metadata"]
+__all__ = [
+    "AUTH_METHODS",
+    "DEFAULT_PATHS",
+    "MAX_URL_CHARS",
+    "SCENARIOS_MEMBER",
+    "is_https_url",
+    "server_metadata",
+]
 
 #: Where each endpoint lives, relative to the issuer (or an absolute https URL).
 DEFAULT_PATHS: Final[Mapping[str, str]] = MappingProxyType(
@@ -79,6 +86,7 @@ AUTH_METHODS: Final = ("private_key_jwt",)
 #: The PatientKey extension member (RFC 8414 §2: "Additional authorization server
 #: metadata parameters MAY also be used").
 SCENARIOS_MEMBER: Final = "patientkey_scenarios_supported"
+MAX_URL_CHARS: Final = 2048
 
 
 def server_metadata(
@@ -98,17 +106,16 @@ def server_metadata(
             raise ConfigError(f"server metadata: unknown endpoints {unknown}")
         chosen.update(paths)
     endpoints = {name: _endpoint(issuer, name, path) for name, path in chosen.items()}
-    algs = list(ASSERTION_ALGS)
     return {
         "issuer": issuer,
         **endpoints,
         "grant_types_supported": [CIBA_GRANT_TYPE],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
-        "introspection_endpoint_auth_signing_alg_values_supported": list(algs),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
-        "revocation_endpoint_auth_signing_alg_values_supported": list(algs),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "backchannel_token_delivery_modes_supported": ["poll", "ping"],
         "backchannel_user_code_parameter_supported": True,
         "authorization_details_types_supported": [DETAILS_TYPE],
@@ -124,20 +131,24 @@ def server_metadata(
     }
 
 
-def _check_issuer(issuer: str) -> None:
-    # RFC 8414 §2: "a case-sensitive URL that uses the "https" scheme and has no query
-    # or fragment components".
-    if not isinstance(issuer, str) or not _is_https(issuer):
-        raise ConfigError(
-            "issuer must be an https URL with a host and no query or fragment (RFC 8414 §2)"
-        )
+def is_https_url(value: object, *, allow_query: bool = False) -> bool:
+    """An absolute https URL with a host: no user info, no fragment, no query unless allowed.
 
-
-def _is_https(url: str) -> bool:
-    if not url.isascii() or not url.isprintable() or " " in url:
+    At most :data:`MAX_URL_CHARS` visible ASCII characters; a port, if any, must be valid.
+    An empty ``?`` or ``#`` counts as a query or fragment.
+    """
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_URL_CHARS
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+        or "#" in value
+        or ("?" in value and not allow_query)
+    ):
         return False
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(value)
         _port = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
         return False
@@ -145,11 +156,17 @@ def _is_https(url: str) -> bool:
         parts.scheme == "https"
         and bool(parts.hostname)
         and parts.username is None
-        and not parts.query
-        and not parts.fragment
-        and "?" not in url
-        and "#" not in url
+        and parts.password is None
     )
+
+
+def _check_issuer(issuer: str) -> None:
+    # RFC 8414 §2: "a case-sensitive URL that uses the "https" scheme and has no query
+    # or fragment components".
+    if not is_https_url(issuer):
+        raise ConfigError(
+            "issuer must be an https URL with a host and no query or fragment (RFC 8414 §2)"
+        )
 
 
 def _endpoint(issuer: str, name: str, path: str) -> str:
@@ -157,7 +174,7 @@ def _endpoint(issuer: str, name: str, path: str) -> str:
         raise ConfigError(f"server metadata: {name} must be a path or an https URL")
     relative = path.startswith("/") and not path.startswith("//")
     url = issuer.rstrip("/") + path if relative else path
-    if not _is_https(url):
+    if not is_https_url(url):
         raise ConfigError(
             f"server metadata: {name} must be a path (/...) or an https URL without query"
         )

@@ -47,12 +47,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from patientkey.authz.catalog import Catalog
 from patientkey.authz.clientauth import verification_key
 from patientkey.authz.clients import CIBA_GRANT_TYPE, ClientInfo, DeliveryMode, RegisteredClient
 from patientkey.authz.errors import InvalidClientMetadata
+from patientkey.authz.metadata import is_https_url
 from patientkey.authz.rar import DETAILS_TYPE
 from patientkey.errors import ConfigError
 
@@ -71,7 +71,6 @@ MAX_KEYS: Final = 10
 PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9][\x21-\x7e]{0,127}")
 _MAX_NAME: Final = 200
-_MAX_URL: Final = 2048
 _SUPPORTED_DETAILS_TYPES: Final = frozenset({DETAILS_TYPE})
 _DELIVERY_MODES: Final[Mapping[str, DeliveryMode]] = {"poll": "poll", "ping": "ping"}
 
@@ -216,25 +215,8 @@ def _delivery(doc: Mapping[str, Any]) -> tuple[DeliveryMode, str | None]:
                 "backchannel_client_notification_endpoint: required in ping mode"
             )
         return _DELIVERY_MODES[mode], None
-    if not isinstance(endpoint, str) or not _https_url(endpoint):
+    if not is_https_url(endpoint, allow_query=True):
         raise InvalidClientMetadata(
             "backchannel_client_notification_endpoint: an https URL without fragment"
         )
     return _DELIVERY_MODES[mode], endpoint
-
-
-def _https_url(value: str) -> bool:
-    if len(value) > _MAX_URL or not value.isascii() or not value.isprintable() or " " in value:
-        return False
-    try:
-        parts = urlsplit(value)
-        _port = parts.port  # urlsplit checks the port only when it is read
-    except ValueError:
-        return False
-    return (
-        parts.scheme == "https"
-        and bool(parts.hostname)
-        and not parts.fragment
-        and parts.username is None
-        and parts.password is None
-    )

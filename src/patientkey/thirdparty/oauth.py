@@ -53,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ec import (
     SECP256R1,
     EllipticCurvePrivateKey,
@@ -72,6 +73,7 @@ from patientkey.authz.errors import (
     SlowDown,
     oauth_errors,
 )
+from patientkey.authz.metadata import is_https_url
 from patientkey.authz.rar import (
     DETAILS_TYPE,
     Action,
@@ -179,7 +181,7 @@ class ClientKey:
         """The key of a PEM file (unencrypted, as the dev PKI writes it)."""
         try:
             key = load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise ConfigError("the client key is not an unencrypted PEM private key") from exc
         if not isinstance(key, EllipticCurvePrivateKey):
             raise ConfigError("the client key must be an EC P-256 key (ES256)")
@@ -418,13 +420,6 @@ def token_hint_form(token: str) -> dict[str, str]:
 # ── reading answers ────────────────────────────────────────────────────────────────
 
 
-def _https_url(value: object) -> bool:
-    if not isinstance(value, str) or not value.isascii() or " " in value:
-        return False
-    parts = urlsplit(value)
-    return parts.scheme == "https" and bool(parts.netloc) and not parts.fragment
-
-
 def parse_metadata(doc: object, *, issuer: str) -> ServerMetadata:
     """The endpoints of an RFC 8414 document, once it is proven to be ``issuer``'s own
     and to offer what this client needs (CIBA poll mode, ``private_key_jwt``)."""
@@ -456,7 +451,7 @@ def parse_metadata(doc: object, *, issuer: str) -> ServerMetadata:
         "revocation_endpoint",
     ):
         value = doc.get(member)
-        if value is not None and not _https_url(value):
+        if value is not None and not is_https_url(value, allow_query=True):
             raise PeerUnavailable(f"the platform's {member} is not an https URL")
         endpoints[member] = value
     bc, token = endpoints["backchannel_authentication_endpoint"], endpoints["token_endpoint"]
@@ -752,32 +747,24 @@ class OAuthClient:
         )
         return ticket
 
-    def poll_once(
-        self,
-        ticket: BackchannelTicket,
-        *,
-        clock: Callable[[], float] | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> PollOutcome:
+    def poll_once(self, ticket: BackchannelTicket) -> PollOutcome:
         """One token request, no sooner than the interval allows (sleeping until then).
 
         Raises the final errors (expired_token, access_denied, invalid_grant, ...);
         returns the ticket to keep with either the token or the pending answer.
         """
-        clock = clock or self._clock
-        sleep = sleep or self._sleep
-        now = clock()
+        now = self._clock()
         if ticket.expired(now):
             raise ExpiredToken(_EXPIRED)
         wait = ticket.next_poll_at() - now
         if wait > 0:
-            sleep(min(wait, ticket.expires_at - now))
-            now = clock()
+            self._sleep(min(wait, ticket.expires_at - now))
+            now = self._clock()
             if ticket.expired(now):
                 raise ExpiredToken(_EXPIRED)
         status, body = self._post(self.discover().token_endpoint, token_form(ticket), now=now)
         try:
-            token = parse_token_response(status, body, ticket=ticket, now=clock())
+            token = parse_token_response(status, body, ticket=ticket, now=self._clock())
         except (AuthorizationPending, SlowDown) as exc:
             return PollOutcome(after_poll(ticket, exc, polled_at=now), pending=exc)
         log.info("access token obtained for grant %s of %s", token.grant_id, token.user_id)
@@ -788,8 +775,6 @@ class OAuthClient:
         ticket: BackchannelTicket,
         *,
         wait: bool,
-        clock: Callable[[], float] | None = None,
-        sleep: Callable[[float], None] | None = None,
         on_pending: Callable[[BackchannelTicket], None] | None = None,
     ) -> TokenSet:
         """The access token once the patient approved.
@@ -799,7 +784,7 @@ class OAuthClient:
         receives the ticket after each undecided poll (to persist its interval).
         """
         while True:
-            outcome = self.poll_once(ticket, clock=clock, sleep=sleep)
+            outcome = self.poll_once(ticket)
             if outcome.token is not None:
                 return outcome.token
             ticket = outcome.ticket
