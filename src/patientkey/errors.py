@@ -14,12 +14,16 @@ the HTTP layer never decides a status code on its own::
     ├── Conflict                          409  state does not allow the operation
     ├── RateLimited                       429
     ├── CryptoError                       400  ONE opaque error for every crypto failure
+    │   └── ProofInvalid                  400  an audit log proof or tree head did not verify
+    │       └── LogRewritten              502  the audit log contradicts a head it signed
     ├── ConfigError                       500  local mis-configuration (refuses to start)
     ├── PeerUnavailable                   502  a party we depend on did not answer
     └── KeySupplyError                    503  the quantum key supply failed
         ├── KeySupplyBadRequest           400  the KME refused the request (ETSI 014 §5)
         ├── KeySupplyUnauthorized         401  the KME does not know us / key not ours
         └── KeyUnavailable                503  no key material (pool empty, link aborted)
+
+``ProofInvalid`` and ``LogRewritten`` are defined in :mod:`patientkey.audit`.
 
 Rules: messages never contain key material or health data; crypto failures
 never say *why* (the precise reason goes only to the local log, see

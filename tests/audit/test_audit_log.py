@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 
@@ -62,6 +63,12 @@ def test_memory_store_is_a_node_store():
     """The in-memory twin satisfies the NodeStore protocol the log is typed against."""
     store: NodeStore = MemoryNodeStore()
     assert store.leaf_count() == 0
+    # The annotation above is not checked at run time (mypy reads src only): compare the
+    # methods' signatures with the protocol's, so the twin cannot drift from it unseen.
+    for name in ("leaf_count", "get_nodes", "put_nodes"):
+        assert inspect.signature(getattr(MemoryNodeStore, name)) == inspect.signature(
+            getattr(NodeStore, name)
+        ), name
 
 
 def test_log_matches_the_reference_tree_at_every_size():
@@ -276,6 +283,16 @@ def test_memory_store_writes_all_or_nothing_and_only_once():
         store.put_nodes([(-1, 0, ROOTS[1])])
     assert store.leaf_count() == 1
     assert store.nbytes == 32
+
+
+def test_memory_store_refuses_a_level_no_tree_has():
+    """Levels run from 0 to 64 (2**64 leaves); a larger one is refused, not allocated."""
+    store = MemoryNodeStore()
+    with pytest.raises(InvalidInput):
+        store.put_nodes([(65, 0, ROOTS[1])])
+    with pytest.raises(InvalidInput):
+        store.put_nodes([(10**9, 0, ROOTS[1])])
+    assert store.nbytes == 0
 
 
 @pytest.mark.parametrize(

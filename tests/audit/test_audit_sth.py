@@ -197,6 +197,18 @@ def test_non_json_heads_are_invalid_input(text):
         SignedTreeHead.from_json(text)
 
 
+def test_hostile_json_heads_are_invalid_input():
+    """Deep nesting within the size bound, a repeated member or NaN: InvalidInput, no crash."""
+    text = sign_tree_head(KEY, TreeHead(8, ROOTS[8], 1000), LOG_ID).to_json()
+    for hostile in (
+        "[" * 4000,
+        text[:-1] + ',"tree_size":7}',  # two values for one member: which one is signed?
+        text.replace('"tree_size":8', '"tree_size":NaN'),
+    ):
+        with pytest.raises(InvalidInput):
+            SignedTreeHead.from_json(hostile)
+
+
 # ── the wallet's check ──────────────────────────────────────────────────────────
 
 

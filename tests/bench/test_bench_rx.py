@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,13 @@ def test_options_are_checked() -> None:
     RxOptions().check()
 
 
-def test_memory_wallet_stores_keep_nothing_on_disk(tmp_path: Path) -> None:
+def test_memory_wallet_stores_keep_nothing_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``open_wallet(persist=False)``'s stores: saves are counted, records stay in memory."""
+    # The stores are given no path: a file written anyway would land in the working
+    # directory, so make that the directory checked below.
+    monkeypatch.chdir(tmp_path)
     store = MemoryStateStore()
     store.save(WalletState(user_id="u-alice"))
     assert store.saves == 1
@@ -55,6 +61,36 @@ def test_memory_wallet_stores_keep_nothing_on_disk(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         cache.put("../x", "P1", b"sealed")
     assert not any(tmp_path.iterdir())
+
+
+def test_closed_loop_measures_steps_errors_and_exhaustion() -> None:
+    """Each thread loops until the window ends: successes timed with their steps, errors
+    counted by type with a sample, and an exhausted thread stops (counted once)."""
+    from patientkey.bench.rx import _closed_loop, _Exhausted
+
+    def works() -> dict[str, float]:
+        time.sleep(0.002)
+        return {"step": 0.001}
+
+    def fails() -> None:
+        time.sleep(0.002)
+        raise InvalidInput("refused on purpose")
+
+    def exhausted() -> None:
+        raise _Exhausted
+
+    result = _closed_loop(
+        [("works", works), ("fails", fails), ("exhausted", exhausted)],
+        start_at=time.monotonic(),
+        warmup=0.05,
+        duration=0.2,
+    )
+    assert result.latencies_ms
+    assert all(ms >= 2.0 for ms in result.latencies_ms)
+    assert result.steps_ms == {"step": [1.0] * len(result.latencies_ms)}
+    assert set(result.errors) == {"InvalidInput (400)"}
+    assert result.error_samples["InvalidInput (400)"] == "refused on purpose"
+    assert result.exhausted == 1
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from typing import Protocol
 from patientkey.audit.merkle import (
     EMPTY_ROOT,
     HASH_LEN,
+    _check_u64,
     consistency_ranges,
     fold_subtrees,
     inclusion_ranges,
@@ -49,6 +50,8 @@ NodeKey = tuple[int, int]
 """``(level, index)`` of a complete subtree; level 0 is the leaves."""
 StoredNode = tuple[int, int, bytes]
 """``(level, index, hash)`` as written by :meth:`NodeStore.put_nodes`."""
+#: The root of a tree of 2**64 leaves, the most RFC 9162's uint64 sizes allow.
+_MAX_LEVEL = 64
 
 
 class NodeStore(Protocol):
@@ -104,8 +107,8 @@ class MemoryNodeStore:
         for level, index, digest in nodes:
             expected = next_index.get(level)
             if expected is None:
-                if level < 0:
-                    raise InvalidInput("a node's level is >= 0")
+                if not 0 <= level <= _MAX_LEVEL:
+                    raise InvalidInput(f"a node's level is 0..{_MAX_LEVEL}")
                 expected = len(levels[level]) // HASH_LEN if level < len(levels) else 0
             if len(digest) != HASH_LEN:
                 raise InvalidInput("a node's hash is 32 bytes")
@@ -121,12 +124,6 @@ class MemoryNodeStore:
     def nbytes(self) -> int:
         """Bytes of hashes held (about 64 per leaf)."""
         return sum(len(row) for row in self._levels)
-
-
-def _check_size(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{what} must be a non-negative integer")
-    return value
 
 
 class MerkleLog:
@@ -193,7 +190,7 @@ class MerkleLog:
     def _checked(self, size: int | None, what: str = "tree size") -> int:
         if size is None:
             return self._size
-        if _check_size(size, what) > self._size:
+        if _check_u64(size, what) > self._size:
             raise InvalidInput(f"{what} exceeds the log's size")
         return size
 

@@ -95,7 +95,7 @@ def merkle_tree_hash(entries: Sequence[bytes]) -> bytes:
     return node_hash(merkle_tree_hash(entries[:k]), merkle_tree_hash(entries[k:]))
 
 
-def _check_count(value: object, what: str) -> int:
+def _check_u64(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TREE_SIZE:
         raise InvalidInput(f"{what} must be an integer in [0, 2**64)")
     return value
@@ -110,8 +110,8 @@ def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
     ``PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n])`` if ``m < k``, else
     ``PATH(m - k, D[k:n]) : MTH(D[0:k])``; ``PATH(0, {d(0)}) = {}``.
     """
-    _check_count(index, "leaf index")
-    _check_count(size, "tree size")
+    _check_u64(index, "leaf index")
+    _check_u64(size, "tree size")
     if index >= size:
         raise InvalidInput("leaf index must be smaller than the tree size")
     ranges: list[tuple[int, int]] = []
@@ -138,8 +138,8 @@ def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
     ``SUBPROOF(m - k, D[k:n], false) : MTH(D[0:k])``. The proof from the empty
     tree, and between equal sizes, is empty.
     """
-    _check_count(old_size, "old tree size")
-    _check_count(new_size, "new tree size")
+    _check_u64(old_size, "old tree size")
+    _check_u64(new_size, "new tree size")
     if old_size > new_size:
         raise InvalidInput("the old tree size must not exceed the new one")
     if old_size in (0, new_size):
@@ -238,6 +238,29 @@ def _same(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+def _sides(fn: int, sn: int, count: int, what: str) -> tuple[list[bool], int]:
+    """The index walk of §2.1.3.2 step 4 and §2.1.4.2 step 6, apart from the hashing.
+
+    For each of ``count`` proof hashes, whether it is the left sibling ("if LSB(fn)
+    is set, or if fn is equal to sn"), and ``sn`` after the walk (0 when the path
+    was exactly that long). A proof longer than the path fails ("if sn is 0, stop
+    the iteration and fail the proof verification").
+    """
+    sides: list[bool] = []
+    for _ in range(count):
+        if sn == 0:
+            raise proof_failure(_log, f"{what}: proof longer than the path")
+        left = bool(fn & 1) or fn == sn
+        if left:
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        sides.append(left)
+        fn >>= 1
+        sn >>= 1
+    return sides, sn
+
+
 def verify_inclusion(
     leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
 ) -> None:
@@ -248,27 +271,17 @@ def verify_inclusion(
     proof binds the leaf to the pair, not the size to the root (a proof for
     one size can also fit another size against the same root).
     """
-    _check_count(index, "leaf index")
-    _check_count(size, "tree size")
+    _check_u64(index, "leaf index")
+    _check_u64(size, "tree size")
     _check_hashes("inclusion", (leaf_hash, root), proof)
     if index >= size:  # step 1
         raise proof_failure(_log, "inclusion: leaf index beyond the tree")
-    fn, sn = index, size - 1  # step 2
-    r = leaf_hash  # step 3
-    for p in proof:  # step 4
-        if sn == 0:
-            raise proof_failure(_log, "inclusion: proof longer than the path")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
+    sides, sn = _sides(index, size - 1, len(proof), "inclusion")  # steps 2 and 4
     if sn != 0:  # step 5
         raise proof_failure(_log, "inclusion: proof shorter than the path")
+    r = leaf_hash  # step 3
+    for p, left in zip(proof, sides, strict=True):  # step 4
+        r = node_hash(p, r) if left else node_hash(r, p)
     if not _same(r, root):
         raise proof_failure(_log, "inclusion: computed root differs")
 
@@ -294,8 +307,8 @@ def verify_consistency(
     and: from the empty tree, ``old_root`` is ``SHA-256()``; between equal sizes,
     the roots are equal. Raises :class:`~patientkey.audit.ProofInvalid` unless it holds.
     """
-    _check_count(old_size, "old tree size")
-    _check_count(new_size, "new tree size")
+    _check_u64(old_size, "old tree size")
+    _check_u64(new_size, "new tree size")
     _check_hashes("consistency", (old_root, new_root), proof)
     if old_size > new_size:
         raise proof_failure(_log, "consistency: the old tree is larger than the new")
@@ -311,20 +324,14 @@ def verify_consistency(
     while fn & 1:  # step 4
         fn >>= 1
         sn >>= 1
+    sides, sn = _sides(fn, sn, len(path) - 1, "consistency")  # step 6
     fr = sr = path[0]  # step 5
-    for c in path[1:]:  # step 6
-        if sn == 0:
-            raise proof_failure(_log, "consistency: proof longer than the path")
-        if fn & 1 or fn == sn:
+    for c, left in zip(path[1:], sides, strict=True):  # step 6
+        if left:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
         else:
             sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
     # step 7; both comparisons always run, so the failure says nothing about which
     old_ok = _same(fr, old_root)
     new_ok = _same(sr, new_root)

@@ -44,11 +44,8 @@ malformed input :class:`~patientkey.errors.InvalidInput`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,13 +58,14 @@ from patientkey.audit._errors import ProofInvalid, proof_failure
 from patientkey.audit.merkle import (
     EMPTY_ROOT,
     HASH_LEN,
-    MAX_TREE_SIZE,
+    _check_u64,
     consistency_ranges,
     inclusion_ranges,
     leaf_hash,
     verify_consistency,
     verify_inclusion,
 )
+from patientkey.crypto._util import b64url_decode, b64url_encode, strict_json_loads
 from patientkey.errors import InvalidInput
 
 __all__ = [
@@ -95,7 +93,6 @@ MAX_LOG_ID_BYTES: Final = 255
 MAX_STH_JSON_BYTES: Final = 4096
 _HEAD: Final = struct.Struct(">QQB32sH")
 _JSON_KEYS: Final = frozenset({"log_id", "tree_size", "timestamp", "root_hash", "signature"})
-_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class LogRewritten(ProofInvalid):
@@ -122,12 +119,6 @@ class LogRewritten(ProofInvalid):
         self.extensions = {"old_tree_head": old.to_dict(), "new_tree_head": new.to_dict()}
 
 
-def _u64(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TREE_SIZE:
-        raise InvalidInput(f"{what} must be an integer in [0, 2**64)")
-    return value
-
-
 def _log_id(value: object) -> str:
     if not isinstance(value, str) or not value or "\x00" in value:
         raise InvalidInput("log id must be a non-empty string")
@@ -149,8 +140,8 @@ class TreeHead:
     timestamp_ms: int
 
     def __post_init__(self) -> None:
-        _u64(self.size, "tree size")
-        _u64(self.timestamp_ms, "timestamp")
+        _check_u64(self.size, "tree size")
+        _check_u64(self.timestamp_ms, "timestamp")
         if not isinstance(self.root_hash, bytes) or len(self.root_hash) != HASH_LEN:
             raise InvalidInput("root hash must be 32 bytes")
         if self.size == 0 and self.root_hash != EMPTY_ROOT:
@@ -177,19 +168,16 @@ def signing_input(log_id: str, head: TreeHead) -> bytes:
     return STH_LABEL + bytes([len(raw_id)]) + raw_id + head.encode()
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _unb64url(value: object, what: str, length: int) -> bytes:
     """Strict base64url without padding, of exactly ``length`` bytes, canonical only."""
-    if not isinstance(value, str) or _B64URL.fullmatch(value) is None:
-        raise InvalidInput(f"{what} must be base64url without padding")
+    malformed = f"{what} must be base64url without padding"
+    if not isinstance(value, str):
+        raise InvalidInput(malformed)
     try:
-        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{what} must be base64url without padding") from exc
-    if len(data) != length or _b64url(data) != value:
+        data = b64url_decode(value)
+    except ValueError as exc:
+        raise InvalidInput(malformed) from exc
+    if len(data) != length:
         raise InvalidInput(f"{what} must be {length} bytes in canonical base64url")
     return data
 
@@ -215,8 +203,8 @@ class SignedTreeHead:
             "log_id": self.log_id,
             "tree_size": self.head.size,
             "timestamp": self.head.timestamp_ms,
-            "root_hash": _b64url(self.head.root_hash),
-            "signature": _b64url(self.signature),
+            "root_hash": b64url_encode(self.head.root_hash),
+            "signature": b64url_encode(self.signature),
         }
 
     def to_json(self) -> str:
@@ -228,9 +216,9 @@ class SignedTreeHead:
         if not isinstance(data, Mapping) or set(data) != _JSON_KEYS:
             raise InvalidInput(f"a signed tree head has exactly the fields {sorted(_JSON_KEYS)}")
         head = TreeHead(
-            size=_u64(data["tree_size"], "tree_size"),
+            size=_check_u64(data["tree_size"], "tree_size"),
             root_hash=_unb64url(data["root_hash"], "root_hash", HASH_LEN),
-            timestamp_ms=_u64(data["timestamp"], "timestamp"),
+            timestamp_ms=_check_u64(data["timestamp"], "timestamp"),
         )
         signature = _unb64url(data["signature"], "signature", SIGNATURE_LEN)
         return cls(log_id=_log_id(data["log_id"]), head=head, signature=signature)
@@ -240,8 +228,9 @@ class SignedTreeHead:
         if not isinstance(text, str | bytes) or len(text) > MAX_STH_JSON_BYTES:
             raise InvalidInput(f"a signed tree head is JSON of at most {MAX_STH_JSON_BYTES} bytes")
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # Duplicate members would let two parsers read two different heads.
+            data = strict_json_loads(text)
+        except ValueError as exc:
             raise InvalidInput("a signed tree head must be JSON") from exc
         return cls.from_dict(data)
 
@@ -339,7 +328,7 @@ def check_inclusion(
     verify_tree_head(public_key, sth)
     if not isinstance(entry, bytes):
         raise InvalidInput("a log entry is bytes")
-    _u64(index, "leaf index")
+    _check_u64(index, "leaf index")
     if index >= sth.head.size:
         raise InvalidInput("leaf index beyond the signed tree")
     items = _check_shape(proof, len(inclusion_ranges(index, sth.head.size)), "inclusion")

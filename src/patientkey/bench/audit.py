@@ -30,16 +30,13 @@ Figures are printed and written to JSON; tests only check that the machinery run
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import platform as pyplatform
 import random
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,6 +58,7 @@ from patientkey.audit import (
     verify_inclusion,
     verify_tree_head,
 )
+from patientkey.bench.rx import _default_console, _machine, _write_report
 from patientkey.errors import InvalidInput
 
 __all__ = ["DEFAULT_SIZES", "AuditOptions", "make_event", "parse_sizes", "run"]
@@ -161,6 +159,42 @@ def _us(since: float) -> float:
     return (time.perf_counter() - since) * 1e6
 
 
+@dataclass
+class _ProofTimes:
+    """Generation and verification times, sizes and node reads of one kind of proof."""
+
+    generate_us: list[float] = field(default_factory=list)
+    verify_us: list[float] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)
+    node_reads: list[int] = field(default_factory=list)
+
+    def measure(
+        self,
+        store: _CountingStore,
+        generate: Callable[[], list[bytes]],
+        verify: Callable[[list[bytes]], None],
+    ) -> list[bytes]:
+        """Time ``generate()`` and ``verify(proof)``; the proof."""
+        before = store.reads
+        t0 = time.perf_counter()
+        proof = generate()
+        self.generate_us.append(_us(t0))
+        self.node_reads.append(store.reads - before)
+        t0 = time.perf_counter()
+        verify(proof)
+        self.verify_us.append(_us(t0))
+        self.hashes.append(len(proof))
+        return proof
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            "generate_us": _summary(self.generate_us),
+            "verify_us": _summary(self.verify_us),
+            "hashes": _summary(self.hashes),
+            "node_reads": _summary(self.node_reads),
+        }
+
+
 def _proofs(
     log: MerkleLog,
     store: _CountingStore,
@@ -173,30 +207,17 @@ def _proofs(
     t0 = time.perf_counter()
     root = log.root()
     root_us = _us(t0)
-    gen: list[float] = []
-    ver: list[float] = []
-    lengths: list[int] = []
-    reads: list[int] = []
+    inclusion = _ProofTimes()
     for index in (rng.randrange(n) for _ in range(samples)):
         entry_hash = leaf_hash(make_event(index))
-        before = store.reads
-        t0 = time.perf_counter()
-        proof = log.inclusion_proof(index, n)
-        gen.append(_us(t0))
-        reads.append(store.reads - before)
-        t0 = time.perf_counter()
-        verify_inclusion(entry_hash, index, n, proof, root)
-        ver.append(_us(t0))
-        lengths.append(len(proof))
-    inclusion = {
-        "generate_us": _summary(gen),
-        "verify_us": _summary(ver),
-        "hashes": _summary(lengths),
-        "node_reads": _summary(reads),
-    }
+        inclusion.measure(
+            store,
+            partial(log.inclusion_proof, index, n),
+            partial(verify_inclusion, entry_hash, index, n, root=root),
+        )
     consistency, tree_head = _consistency(log, store, rng, samples, key)
     tree_head["root_us"] = round(root_us, 1)
-    return {"inclusion": inclusion, "consistency": consistency, "tree_head": tree_head}
+    return {"inclusion": inclusion.summary(), "consistency": consistency, "tree_head": tree_head}
 
 
 def _consistency(
@@ -221,66 +242,35 @@ def _consistency(
         t0 = time.perf_counter()
         verify_tree_head(public, new_sth)
         verify_sth_us.append(_us(t0))
-    gen: list[float] = []
-    ver: list[float] = []
-    lengths: list[int] = []
-    reads: list[int] = []
+    consistency = _ProofTimes()
     old_root_us: list[float] = []
     wallet_us: list[float] = []
     for old in (rng.randrange(1, n) for _ in range(samples)):
         t0 = time.perf_counter()
         old_root = log.root(old)
         old_root_us.append(_us(t0))
-        before = store.reads
-        t0 = time.perf_counter()
-        proof = log.consistency_proof(old, n)
-        gen.append(_us(t0))
-        reads.append(store.reads - before)
-        t0 = time.perf_counter()
-        verify_consistency(old, n, old_root, root, proof)
-        ver.append(_us(t0))
-        lengths.append(len(proof))
+        proof = consistency.measure(
+            store,
+            partial(log.consistency_proof, old, n),
+            partial(verify_consistency, old, n, old_root, root),
+        )
         old_sth = sign_tree_head(key, TreeHead(old, old_root, now_ms - 1), _LOG_ID)
         t0 = time.perf_counter()
         check_consistency(old_sth, new_sth, proof, public)
         wallet_us.append(_us(t0))
-    consistency = {
-        "generate_us": _summary(gen),
-        "verify_us": _summary(ver),
-        "hashes": _summary(lengths),
-        "node_reads": _summary(reads),
-    }
     tree_head = {
         "earlier_root_us": _summary(old_root_us),
         "sign_us": _summary(sign_us),
         "verify_us": _summary(verify_sth_us),
         "wallet_check_consistency_us": _summary(wallet_us),
     }
-    return consistency, tree_head
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "machine": pyplatform.machine(),
-        "python": pyplatform.python_version(),
-    }
+    return consistency.summary(), tree_head
 
 
 def run(options: AuditOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the benchmark; the report (also written to ``options.json_out``)."""
     options.check()
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)  # a log file: the tables need the room
+    console = _default_console(console, width=140)
     rng = random.Random(options.seed)  # noqa: S311 - picks sample leaves, nothing secret
     key = Ed25519PrivateKey.generate()
     store = _CountingStore(MemoryNodeStore())
@@ -334,8 +324,7 @@ def run(options: AuditOptions, console: Console | None = None) -> dict[str, Any]
         "results": results,
     }
     _print(console, report)
-    if options.json_out is not None:
-        options.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_report(options.json_out, report)
     return report
 
 

@@ -51,16 +51,12 @@ patient, so no wallet is shared between threads.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import shutil
-import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -68,16 +64,26 @@ from rich.console import Console
 from rich.table import Table
 
 from patientkey.bench.rx import (
+    _BENCH_KDF,
     DEFAULT_PG_URL,
+    PhaseResult,
+    _add_cpu_per_op,
+    _closed_loop,
     _CpuMeter,
+    _default_console,
+    _deployment,
+    _fmt,
+    _latency_summary,
     _machine,
+    _meter,
     _pids_seconds,
-    _postgres_schemas,
-    _postgres_seconds,
+    _print_errors,
+    _settings,
     _step,
+    _write_report,
     percentile,
 )
-from patientkey.errors import InvalidInput, PatientKeyError
+from patientkey.errors import InvalidInput
 
 __all__ = [
     "PHASES",
@@ -95,7 +101,6 @@ PLATFORM_CALLS: Final = {"ciba_flow": 4, "introspect": 1}
 TARGETS: Final = {"ciba_flow": 2600.0, "introspect": 11000.0}
 PASSWORD: Final = "bench password for approvals"  # noqa: S105 - a fixed bench account
 _STEPS: Final = ("bc_authorize", "inbox", "approve", "token")
-_BENCH_KDF: Final = {"time_cost": 1, "memory_cost": 8192, "parallelism": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,30 +128,6 @@ class AuthOptions:
             raise InvalidInput("pool_keys >= 16")
 
 
-@dataclass
-class _Result:
-    """What one thread measured in one phase."""
-
-    latencies_ms: list[float] = field(default_factory=list)
-    steps_ms: dict[str, list[float]] = field(default_factory=dict)
-    errors: Counter[str] = field(default_factory=Counter)
-    error_samples: dict[str, str] = field(default_factory=dict)
-
-    def merge(self, other: _Result) -> None:
-        self.latencies_ms += other.latencies_ms
-        for step, values in other.steps_ms.items():
-            self.steps_ms.setdefault(step, []).extend(values)
-        self.errors.update(other.errors)
-        for key, text in other.error_samples.items():
-            self.error_samples.setdefault(key, text)
-
-
-def _error_key(exc: BaseException) -> str:
-    if isinstance(exc, PatientKeyError):
-        return f"{type(exc).__name__} ({exc.status})"
-    return type(exc).__name__
-
-
 class _Patient:
     """One virtual patient and the pharmacy's client that asks them, driven by one thread."""
 
@@ -165,10 +146,9 @@ class _Patient:
         ]
         self.tokens: list[str] = []
         self.turn = 0
-        self.steps: dict[str, float] = {}
 
-    def ciba_flow(self) -> None:
-        """Ask, approve at once, collect the token with one poll."""
+    def ciba_flow(self) -> Mapping[str, float]:
+        """Ask, approve at once, collect the token with one poll; the seconds of each step."""
         from patientkey.wallet.authz import MAX_INBOX_WAIT
 
         self.turn += 1
@@ -187,14 +167,9 @@ class _Patient:
         t4 = time.monotonic()
         if outcome.token is None:
             raise RuntimeError(f"no token after approval: {outcome.pending}")
-        self.steps = {
-            "bc_authorize": t1 - t0,
-            "inbox": t2 - t1,
-            "approve": t3 - t2,
-            "token": t4 - t3,
-        }
         if len(self.tokens) < 64:
             self.tokens.append(outcome.token.access_token)
+        return {"bc_authorize": t1 - t0, "inbox": t2 - t1, "approve": t3 - t2, "token": t4 - t3}
 
     def introspect(self) -> None:
         """One RFC 7662 introspection of a token this pharmacy holds (must be active)."""
@@ -206,72 +181,12 @@ class _Patient:
             raise RuntimeError("an issued, unrevoked token was reported inactive")
 
 
-def _run_phase(
-    patients: Sequence[_Patient],
-    name: str,
-    *,
-    start_at: float,
-    warmup: float,
-    duration: float,
-) -> _Result:
-    """Every patient's thread runs ``name`` back to back; measured inside the window."""
-    window_from = start_at + warmup
-    window_to = window_from + duration
-    results = [_Result() for _ in patients]
-
-    def loop(patient: _Patient, out: _Result) -> None:
-        op: Callable[[], None] = getattr(patient, name)
-        delay = start_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        while True:
-            t0 = time.monotonic()
-            if t0 >= window_to:
-                return
-            error: str | None = None
-            patient.steps = {}
-            try:
-                op()
-            except Exception as exc:  # noqa: BLE001 - every failure is counted, by type
-                error = _error_key(exc)
-                out.error_samples.setdefault(error, str(getattr(exc, "detail", exc))[:300])
-            t1 = time.monotonic()
-            if window_from <= t1 <= window_to:
-                if error is None:
-                    out.latencies_ms.append((t1 - t0) * 1000.0)
-                    for step, seconds in patient.steps.items():
-                        out.steps_ms.setdefault(step, []).append(seconds * 1000.0)
-                else:
-                    out.errors[error] += 1
-
-    threads = [
-        threading.Thread(target=loop, args=(p, r), name=f"auth-{p.user_id}", daemon=True)
-        for p, r in zip(patients, results, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    total = _Result()
-    for result in results:
-        total.merge(result)
-    return total
-
-
-def _summary(result: _Result, name: str, duration: float) -> dict[str, Any]:
-    values = sorted(result.latencies_ms)
-    rate = len(values) / duration
+def _summary(result: PhaseResult, name: str, duration: float) -> dict[str, Any]:
+    calls = PLATFORM_CALLS[name]
     return {
-        "ops": len(values),
-        "ops_per_s": round(rate, 1),
-        "p50_ms": round(percentile(values, 50), 2),
-        "p95_ms": round(percentile(values, 95), 2),
-        "p99_ms": round(percentile(values, 99), 2),
-        "errors": sum(result.errors.values()),
-        "error_types": dict(result.errors),
-        "error_samples": result.error_samples,
-        "platform_calls_per_op": PLATFORM_CALLS[name],
-        "platform_calls_per_s": round(rate * PLATFORM_CALLS[name], 1),
+        **_latency_summary(result, duration),
+        "platform_calls_per_op": calls,
+        "platform_calls_per_s": round(len(result.latencies_ms) / duration * calls, 1),
         "target_ops_per_s": TARGETS[name],
         "steps_p50_ms": {
             step: round(percentile(sorted(result.steps_ms[step]), 50), 2)
@@ -282,7 +197,11 @@ def _summary(result: _Result, name: str, duration: float) -> dict[str, Any]:
 
 
 def _open_patients(
-    net: Any, options: AuthOptions, stack: contextlib.ExitStack, console: Console, timings: Any
+    net: Any,
+    options: AuthOptions,
+    stack: contextlib.ExitStack,
+    console: Console,
+    timings: dict[str, float],
 ) -> list[_Patient]:
     """Virtual patients: certificates, charged pools, wallets, enrolled identities."""
     from patientkey.thirdparty.oauth import OAuthClient
@@ -322,65 +241,36 @@ def run(options: AuthOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the benchmark; the report (also written to ``options.json_out``)."""
     import logging
 
-    from patientkey.demo.network import Network
-
     options.check()
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
-    own_workdir = options.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="pk-bench-auth-")) if own_workdir else options.workdir
-    assert workdir is not None
-    if not own_workdir and workdir.exists() and any(workdir.iterdir()):
-        raise InvalidInput(f"{workdir} is not empty (the bench lays out a fresh deployment)")
+    console = _default_console(console)
     # Failures are counted by type; one log line per operation would garble the output.
     logging.getLogger("patientkey").setLevel(logging.ERROR)
-    report: dict[str, Any] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            database: dict[str, str] = {}
-            if options.database == "postgres":
-                database = stack.enter_context(_postgres_schemas(options.pg_url))
-            net = Network(
-                workdir,
-                database=database,
-                wallet_pool_keys=16,
-                platform_workers=options.workers,
-                overrides={"platform": {"access_log": False}},
-            )
-            timings: dict[str, float] = {}
-            with _step(
-                console,
-                timings,
-                "start",
-                f"starting KME, hospital, pharmacy, platform ({options.workers} worker(s), "
-                f"{options.database})",
-            ):
-                stack.callback(net.stop)
-                net.start()
-            patients = _open_patients(net, options, stack, console, timings)
-            pids = net.pids()
-            groups = {
-                "platform": _pids_seconds(pids.get("platform", [])),
-                "kme": _pids_seconds(pids.get("kme", [])),
-                "bench_clients": _pids_seconds([os.getpid()]),
-            }
-            if options.database == "postgres":
-                groups["postgres"] = _postgres_seconds
-            meter = _CpuMeter(groups)
-            phases: dict[str, dict[str, Any]] = {}
-            cpu: dict[str, dict[str, float]] = {}
-            for name in PHASES:
-                phases[name], cpu[name] = _phase(patients, meter, name, options, console)
-            report = _report(options, phases, cpu)
-            report["setup_s"] = timings
-    finally:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    timings: dict[str, float] = {}
+    with (
+        _deployment(
+            console,
+            timings,
+            prefix="pk-bench-auth-",
+            workdir=options.workdir,
+            workers=options.workers,
+            database=options.database,
+            pg_url=options.pg_url,
+            overrides={"platform": {"access_log": False}},
+        ) as net,
+        contextlib.ExitStack() as stack,
+    ):
+        patients = _open_patients(net, options, stack, console, timings)
+        meter = _meter(
+            net, options.database, options.pg_url, bench_clients=_pids_seconds([os.getpid()])
+        )
+        phases: dict[str, dict[str, Any]] = {}
+        cpu: dict[str, dict[str, float]] = {}
+        for name in PHASES:
+            phases[name], cpu[name] = _phase(patients, meter, name, options, console)
+    report = _report(options, phases, cpu)
+    report["setup_s"] = timings
     _print(console, report)
-    if options.json_out is not None:
-        options.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_report(options.json_out, report)
     return report
 
 
@@ -393,11 +283,14 @@ def _phase(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     start_at = time.monotonic() + 0.2
     window_from = start_at + options.warmup
-    box: dict[str, _Result] = {}
+    box: dict[str, PhaseResult] = {}
 
     def work() -> None:
-        box["result"] = _run_phase(
-            patients, name, start_at=start_at, warmup=options.warmup, duration=options.duration
+        box["result"] = _closed_loop(
+            [(f"auth-{p.user_id}", getattr(p, name)) for p in patients],
+            start_at=start_at,
+            warmup=options.warmup,
+            duration=options.duration,
         )
 
     runner = threading.Thread(target=work, name=f"phase-{name}", daemon=True)
@@ -411,7 +304,7 @@ def _phase(
         time.sleep(options.duration)
         cpu = meter.stop()
         runner.join()
-    summary = _summary(box.get("result", _Result()), name, options.duration)
+    summary = _summary(box.get("result", PhaseResult()), name, options.duration)
     console.print(
         f"[dim]{name}: {summary['ops_per_s']:,.1f} ops/s, p99 {summary['p99_ms']:.1f} ms, "
         f"{summary['errors']} errors[/]"
@@ -422,14 +315,9 @@ def _phase(
 def _report(
     options: AuthOptions, phases: dict[str, dict[str, Any]], cpu: dict[str, dict[str, float]]
 ) -> dict[str, Any]:
-    for name, row in phases.items():
-        row["cpu_ms_per_op"] = {
-            group: round(1000.0 * cores / row["ops_per_s"], 2) if row["ops_per_s"] else None
-            for group, cores in cpu.get(name, {}).items()
-            if group not in ("machine", "kernel_irq", "other")
-        }
+    _add_cpu_per_op(phases, cpu)
     settings = {
-        **{k: v for k, v in asdict(options).items() if k not in ("workdir", "json_out")},
+        **_settings(options),
         "virtual_patients": options.concurrency,
         "approval_proofs": "password (Argon2id, the platform's shipped cost) + device signature "
         "(ML-DSA-65)",
@@ -439,8 +327,6 @@ def _report(
         "clients": "threads of the bench process (one GIL), one keep-alive TLS connection each",
         "platform_access_log": False,
     }
-    if options.database != "postgres":
-        settings.pop("pg_url", None)
     return {
         "settings": settings,
         "machine": _machine(),
@@ -458,13 +344,7 @@ def _report(
     }
 
 
-def _fmt(value: float) -> str:
-    return "—" if value != value else f"{value:,.1f}"  # noqa: PLR0124 - nan check
-
-
 def _print(console: Console, report: dict[str, Any]) -> None:
-    if not report:
-        return
     s = report["settings"]
     table = Table(
         title=f"patientkey bench auth — {s['database']}, {s['workers']} platform worker(s), "
@@ -509,9 +389,7 @@ def _print(console: Console, report: dict[str, Any]) -> None:
             "CIBA flow, p50 per step: "
             + ", ".join(f"{step} {ms:.1f} ms" for step, ms in steps.items())
         )
-    for name, row in report["phases"].items():
-        for kind, count in row["error_types"].items():
-            console.print(f"[red]{name}: {count} x {kind}[/] {row['error_samples'].get(kind, '')}")
+    _print_errors(console, report["phases"])
     reached = [n for n, ok in report["target"]["reached"].items() if ok]
     console.print(f"targets (issue 4) reached by: {', '.join(reached) if reached else 'none'}")
     console.print(

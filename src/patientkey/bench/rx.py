@@ -54,6 +54,10 @@ simulation burns CPU on the same machine while it refills).
 ``--profile FILE`` runs the platform (one worker) under :mod:`cProfile` in every
 thread (``PATIENTKEY_BENCH_PROFILE``) and prints the top costs; figures of a
 profiled run are not benchmark figures.
+
+The machinery here — the closed loop (:func:`_closed_loop`), the deployment
+(:func:`_deployment`), the CPU meter, the summaries and the report helpers —
+serves :mod:`patientkey.bench.auth` and :mod:`patientkey.bench.audit` too.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
@@ -176,9 +180,11 @@ class VUser:
 
 @dataclass
 class PhaseResult:
-    """What one load generator measured in one phase."""
+    """What one thread, or load generator, measured in one phase."""
 
     latencies_ms: list[float] = field(default_factory=list)
+    #: Per-step latencies of operations that report their steps (``bench auth``'s flow).
+    steps_ms: dict[str, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     error_samples: dict[str, str] = field(default_factory=dict)
     exhausted: int = 0  # virtual users that ran out of unfetched records
@@ -187,6 +193,8 @@ class PhaseResult:
 
     def merge(self, other: PhaseResult) -> None:
         self.latencies_ms += other.latencies_ms
+        for step, values in other.steps_ms.items():
+            self.steps_ms.setdefault(step, []).extend(values)
         self.errors.update(other.errors)
         for key, text in other.error_samples.items():
             self.error_samples.setdefault(key, text)
@@ -196,7 +204,11 @@ class PhaseResult:
 
 
 class _Exhausted(Exception):
-    """A virtual user has no unfetched record left for a cold fetch."""
+    """A virtual user has nothing left to do in this phase (no unfetched record left)."""
+
+
+#: One operation of a closed loop; it may return how long its steps took (seconds).
+Operation = Callable[[], Mapping[str, float] | None]
 
 
 class _Actor:
@@ -241,8 +253,8 @@ class _Actor:
     def share(self) -> None:
         self.wallet.share(self.user.his_id, self._next_fetched(), self.user.b_id)
 
-    def operation(self, name: str) -> Callable[[], None]:
-        op: Callable[[], None] = getattr(self, name)
+    def operation(self, name: str) -> Operation:
+        op: Operation = getattr(self, name)
         return op
 
 
@@ -250,6 +262,68 @@ def _error_key(exc: BaseException) -> str:
     if isinstance(exc, PatientKeyError):
         return f"{type(exc).__name__} ({exc.status})"
     return type(exc).__name__
+
+
+def _closed_loop(
+    operations: Sequence[tuple[str, Operation]],
+    *,
+    start_at: float,
+    warmup: float,
+    duration: float,
+    counter: Synchronized[int] | None = None,
+) -> PhaseResult:
+    """Each ``(thread name, operation)`` runs back to back in its own thread from ``start_at``.
+
+    Measured between the window's ends (``warmup`` after ``start_at``, ``duration``
+    long): an operation counts when it completes inside the window. ``counter``, if
+    given, counts every completion (for a progress display in another process).
+    """
+    window_from = start_at + warmup
+    window_to = window_from + duration
+    results = [PhaseResult() for _ in operations]
+
+    def loop(op: Operation, out: PhaseResult) -> None:
+        delay = start_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        while True:
+            t0 = time.monotonic()
+            if t0 >= window_to:
+                return
+            error: str | None = None
+            steps: Mapping[str, float] | None = None
+            try:
+                steps = op()
+            except _Exhausted:
+                out.exhausted += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, by type
+                error = _error_key(exc)
+                out.error_samples.setdefault(error, str(getattr(exc, "detail", exc))[:300])
+            t1 = time.monotonic()
+            if counter is not None:
+                with counter.get_lock():
+                    counter.value += 1
+            if window_from <= t1 <= window_to:
+                if error is None:
+                    out.latencies_ms.append((t1 - t0) * 1000.0)
+                    for step, seconds in (steps or {}).items():
+                        out.steps_ms.setdefault(step, []).append(seconds * 1000.0)
+                else:
+                    out.errors[error] += 1
+
+    threads = [
+        threading.Thread(target=loop, args=(op, r), name=name, daemon=True)
+        for (name, op), r in zip(operations, results, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = PhaseResult()
+    for result in results:
+        total.merge(result)
+    return total
 
 
 def _run_phase(
@@ -261,50 +335,16 @@ def _run_phase(
     duration: float,
     counter: Synchronized[int],
 ) -> PhaseResult:
-    """Every actor runs ``name`` in its own thread; measured between the window's ends."""
-    window_from = start_at + warmup
-    window_to = window_from + duration
-    results = [PhaseResult() for _ in actors]
-
-    def loop(actor: _Actor, out: PhaseResult) -> None:
-        op = actor.operation(name)
-        delay = start_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        while True:
-            t0 = time.monotonic()
-            if t0 >= window_to:
-                return
-            error: str | None = None
-            try:
-                op()
-            except _Exhausted:
-                out.exhausted += 1
-                return
-            except Exception as exc:  # noqa: BLE001 - every failure is counted, by type
-                error = _error_key(exc)
-                out.error_samples.setdefault(error, str(getattr(exc, "detail", exc))[:300])
-            t1 = time.monotonic()
-            with counter.get_lock():
-                counter.value += 1
-            if window_from <= t1 <= window_to:
-                if error is None:
-                    out.latencies_ms.append((t1 - t0) * 1000.0)
-                else:
-                    out.errors[error] += 1
-
-    threads = [
-        threading.Thread(target=loop, args=(a, r), name=f"vu-{a.user.user_id}", daemon=True)
-        for a, r in zip(actors, results, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    total = PhaseResult(pool_min=min((a.wallet.pool_remaining for a in actors), default=0))
+    """Every actor runs ``name`` in its own thread; then the wallets' pool levels."""
+    total = _closed_loop(
+        [(f"vu-{a.user.user_id}", a.operation(name)) for a in actors],
+        start_at=start_at,
+        warmup=warmup,
+        duration=duration,
+        counter=counter,
+    )
+    total.pool_min = min((a.wallet.pool_remaining for a in actors), default=0)
     total.pq_active = sum(1 for a in actors if a.wallet.pq_active)
-    for result in results:
-        total.merge(result)
     return total
 
 
@@ -456,7 +496,8 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def _summary(result: PhaseResult, duration: float) -> dict[str, Any]:
+def _latency_summary(result: PhaseResult, duration: float) -> dict[str, Any]:
+    """Operations, their rate and latency percentiles, and the errors, of one phase."""
     values = sorted(result.latencies_ms)
     return {
         "ops": len(values),
@@ -467,6 +508,12 @@ def _summary(result: PhaseResult, duration: float) -> dict[str, Any]:
         "errors": sum(result.errors.values()),
         "error_types": dict(result.errors),
         "error_samples": result.error_samples,
+    }
+
+
+def _summary(result: PhaseResult, duration: float) -> dict[str, Any]:
+    return {
+        **_latency_summary(result, duration),
         "exhausted_users": result.exhausted,
         "kue_pool_min_left": None if result.pool_min == sys.maxsize else result.pool_min,
         "pq_fallback_wallets": result.pq_active,
@@ -644,6 +691,58 @@ def _step(console: Console, timings: dict[str, float], key: str, text: str) -> I
     console.print(f"[dim]{text}: {timings[key]:.1f} s[/]")
 
 
+@contextlib.contextmanager
+def _deployment(
+    console: Console,
+    timings: dict[str, float],
+    *,
+    prefix: str,
+    workdir: Path | None,
+    workers: int,
+    database: str,
+    pg_url: str,
+    overrides: dict[str, dict[str, object]],
+    platform_module: str = "patientkey.platform.server",
+) -> Iterator[Any]:
+    """The loopback deployment, started; stopped afterwards.
+
+    ``workdir`` must be empty; without one the deployment goes to a temporary
+    directory that is removed afterwards. With ``database="postgres"`` every party
+    gets a fresh schema in ``pg_url``, dropped afterwards.
+    """
+    from patientkey.demo.network import Network
+
+    own_workdir = workdir is None
+    where = Path(tempfile.mkdtemp(prefix=prefix)) if workdir is None else workdir
+    if not own_workdir and where.exists() and any(where.iterdir()):
+        raise InvalidInput(f"{where} is not empty (the bench lays out a fresh deployment)")
+    try:
+        with contextlib.ExitStack() as stack:
+            schemas: dict[str, str] = {}
+            if database == "postgres":
+                schemas = stack.enter_context(_postgres_schemas(pg_url))
+            net = Network(
+                where,
+                database=schemas,
+                wallet_pool_keys=16,
+                platform_workers=workers,
+                overrides=overrides,
+                platform_module=platform_module,
+            )
+            with _step(
+                console,
+                timings,
+                "start",
+                f"starting KME, hospital, pharmacy, platform ({workers} worker(s), {database})",
+            ):
+                stack.callback(net.stop)
+                net.start()
+            yield net
+    finally:
+        if own_workdir:
+            shutil.rmtree(where, ignore_errors=True)
+
+
 def _set_up_users(
     net: Any, options: RxOptions, console: Console, timings: dict[str, float]
 ) -> list[VUser]:
@@ -734,110 +833,133 @@ def _phase(
     return summary, cpu
 
 
-def _meter(net: Any, gens: _Generators, options: RxOptions) -> _CpuMeter:
-    """CPU per process group of the deployment (and PostgreSQL's new sessions)."""
+def _meter(net: Any, database: str, pg_url: str, **extra: Callable[[], float]) -> _CpuMeter:
+    """CPU per process group of the deployment and ``extra`` (and PostgreSQL's new sessions)."""
     pids = net.pids()
     groups = {
         "platform": _pids_seconds(pids.get("platform", [])),
         "hospital": _pids_seconds(pids.get(net.names.hospital, [])),
         "pharmacy": _pids_seconds(pids.get(net.names.pharmacy, [])),
         "kme": _pids_seconds(pids.get("kme", [])),
-        "load_generators": _pids_seconds(gens.pids),
-        "bench_parent": _pids_seconds([os.getpid()]),
+        **extra,
     }
     counters = {}
-    if options.database == "postgres":
+    if database == "postgres":
         groups["postgres"] = _postgres_seconds
         # New PostgreSQL sessions per second (the meter divides by the window).
-        counters["pg_sessions_per_s"] = _pg_sessions(options.pg_url)
+        counters["pg_sessions_per_s"] = _pg_sessions(pg_url)
     return _CpuMeter(groups, counters)
+
+
+def _default_console(console: Console | None, width: int = 160) -> Console:
+    """``console``, or one on standard output; into a log file, ``width`` columns wide."""
+    if console is not None:
+        return console
+    console = Console()
+    return console if console.is_terminal else Console(width=width)  # the tables need the room
+
+
+def _write_report(path: Path | None, report: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def run(options: RxOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the benchmark; the report (also written to ``options.json_out``)."""
-    from patientkey.demo.network import Network
-
     options.check()
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)  # a log file: the tables need the room
-    own_workdir = options.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="pk-bench-rx-")) if own_workdir else options.workdir
-    assert workdir is not None
-    if not own_workdir and workdir.exists() and any(workdir.iterdir()):
-        raise InvalidInput(f"{workdir} is not empty (the bench lays out a fresh deployment)")
+    console = _default_console(console)
     if options.profile is not None:
         os.environ[PROFILE_ENV] = str(options.profile.resolve())
-    report: dict[str, Any] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            database: dict[str, str] = {}
-            if options.database == "postgres":
-                database = stack.enter_context(_postgres_schemas(options.pg_url))
-            net = Network(
-                workdir,
-                database=database,
-                wallet_pool_keys=16,
-                platform_workers=options.workers,
-                overrides={
-                    "platform": {
-                        "bind_limit_patient": BIND_LIMIT,
-                        "bind_limit_user": BIND_LIMIT,
-                        "rekey_messages": options.hop_rekey,
-                        "access_log": False,
-                    },
-                },
-                platform_module=(
-                    "patientkey.bench.rx" if options.profile else "patientkey.platform.server"
-                ),
-            )
-            timings: dict[str, float] = {}
-            with _step(
-                console,
-                timings,
-                "start",
-                f"starting KME, hospital, pharmacy, platform ({options.workers} worker(s), "
-                f"{options.database})",
-            ):
-                stack.callback(net.stop)
-                net.start()
-            users = _set_up_users(net, options, console, timings)
-            gens = _Generators(
-                _split(users, options.clients), net.passphrase, net.urls["platform"], net.pki
-            )
-            stack.callback(gens.close)
-            with _step(
-                console,
-                timings,
-                "generators",
-                f"{len(gens.clients)} load generator(s): opening {len(users)} wallets, "
-                "binding and fetching a first record each",
-            ):
-                gens.ready(timeout=300.0)
-            meter = _meter(net, gens, options)
-            phases: dict[str, dict[str, Any]] = {}
-            cpu: dict[str, dict[str, float]] = {}
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[ops]}"),
-                console=console,
-            ) as progress:
-                for name in ("bare", *options.ops):
-                    phases[name], cpu[name] = _phase(gens, meter, name, options, progress)
-            report = _report(options, phases, cpu, len(users), len(gens.clients))
-            report["setup_s"] = timings
-    finally:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    timings: dict[str, float] = {}
+    overrides: dict[str, dict[str, object]] = {
+        "platform": {
+            "bind_limit_patient": BIND_LIMIT,
+            "bind_limit_user": BIND_LIMIT,
+            "rekey_messages": options.hop_rekey,
+            "access_log": False,
+        },
+    }
+    with (
+        _deployment(
+            console,
+            timings,
+            prefix="pk-bench-rx-",
+            workdir=options.workdir,
+            workers=options.workers,
+            database=options.database,
+            pg_url=options.pg_url,
+            overrides=overrides,
+            platform_module=(
+                "patientkey.bench.rx" if options.profile else "patientkey.platform.server"
+            ),
+        ) as net,
+        contextlib.ExitStack() as stack,
+    ):
+        users = _set_up_users(net, options, console, timings)
+        gens = _Generators(
+            _split(users, options.clients), net.passphrase, net.urls["platform"], net.pki
+        )
+        stack.callback(gens.close)
+        with _step(
+            console,
+            timings,
+            "generators",
+            f"{len(gens.clients)} load generator(s): opening {len(users)} wallets, "
+            "binding and fetching a first record each",
+        ):
+            gens.ready(timeout=300.0)
+        meter = _meter(
+            net,
+            options.database,
+            options.pg_url,
+            load_generators=_pids_seconds(gens.pids),
+            bench_parent=_pids_seconds([os.getpid()]),
+        )
+        phases: dict[str, dict[str, Any]] = {}
+        cpu: dict[str, dict[str, float]] = {}
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[ops]}"),
+            console=console,
+        ) as progress:
+            for name in ("bare", *options.ops):
+                phases[name], cpu[name] = _phase(gens, meter, name, options, progress)
+        report = _report(options, phases, cpu, len(users), len(gens.clients))  # before close()
+    report["setup_s"] = timings
     if options.profile is not None:
         report["profile"] = profile_summary(options.profile)
     _print(console, report)
-    if options.json_out is not None:
-        options.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_report(options.json_out, report)
     return report
+
+
+#: Meter readings that are not a process group's CPU, or not an operation's cost.
+_NOT_PER_OP: Final = frozenset(
+    {"machine", "kernel_irq", "other", "bench_parent", "pg_sessions_per_s"}
+)
+
+
+def _add_cpu_per_op(phases: dict[str, dict[str, Any]], cpu: dict[str, dict[str, float]]) -> None:
+    for name, row in phases.items():
+        # CPU milliseconds each process group spent per completed operation: what an
+        # operation costs, whatever else shared the machine.
+        row["cpu_ms_per_op"] = {
+            group: round(1000.0 * cores / row["ops_per_s"], 2) if row["ops_per_s"] else None
+            for group, cores in cpu.get(name, {}).items()
+            if group not in _NOT_PER_OP
+        }
+
+
+def _settings(options: Any) -> dict[str, Any]:
+    """The options as reported: no local paths, the PostgreSQL URL only when it was used."""
+    settings = {
+        k: v for k, v in asdict(options).items() if k not in ("workdir", "json_out", "profile")
+    }
+    if options.database != "postgres":
+        settings.pop("pg_url", None)
+    return settings
 
 
 def _report(
@@ -847,14 +969,7 @@ def _report(
     users: int,
     clients: int,
 ) -> dict[str, Any]:
-    for name, row in phases.items():
-        # CPU milliseconds each process group spent per completed operation: what an
-        # operation costs, whatever else shared the machine.
-        row["cpu_ms_per_op"] = {
-            group: round(1000.0 * cores / row["ops_per_s"], 2) if row["ops_per_s"] else None
-            for group, cores in cpu.get(name, {}).items()
-            if group not in ("machine", "kernel_irq", "other", "bench_parent", "pg_sessions_per_s")
-        }
+    _add_cpu_per_op(phases, cpu)
     bare = phases["bare"]
     operations: dict[str, dict[str, Any]] = {}
     for name in options.ops:
@@ -879,7 +994,7 @@ def _report(
         for name, row in {"bare": bare, **operations}.items()
     }
     settings = {
-        **{k: v for k, v in asdict(options).items() if k not in ("workdir", "json_out", "profile")},
+        **_settings(options),
         "ops": list(options.ops),
         "virtual_users": users,
         "load_generator_processes": clients,
@@ -900,10 +1015,6 @@ def _report(
         ),
         "profiled": options.profile is not None,
     }
-    if options.database == "postgres":
-        settings["pg_url"] = options.pg_url
-    else:
-        settings.pop("pg_url", None)
     return {
         "settings": settings,
         "machine": _machine(),
@@ -921,6 +1032,14 @@ def _report(
 
 def _fmt(value: float) -> str:
     return "—" if value != value else f"{value:,.1f}"  # noqa: PLR0124 - nan check
+
+
+def _print_errors(console: Console, rows: Mapping[str, Mapping[str, Any]]) -> None:
+    """One line per phase and error type: the count and a sample message."""
+    for phase, row in rows.items():
+        for kind, count in row["error_types"].items():
+            sample = row["error_samples"].get(kind, "")
+            console.print(f"[red]{phase}: {count} x {kind}[/] {sample}")
 
 
 def _print(console: Console, report: dict[str, Any]) -> None:
@@ -961,10 +1080,8 @@ def _print(console: Console, report: dict[str, Any]) -> None:
     for phase, cores in report["cpu_cores"].items():
         cpu.add_row(phase, *(f"{cores.get(g, 0.0):.2f}" for g in groups))
     console.print(cpu)
+    _print_errors(console, rows)
     for phase, row in rows.items():
-        for kind, count in row["error_types"].items():
-            sample = row["error_samples"].get(kind, "")
-            console.print(f"[red]{phase}: {count} x {kind}[/] {sample}")
         if row["exhausted_users"]:
             console.print(
                 f"[yellow]{phase}: {row['exhausted_users']} user(s) ran out of unfetched "

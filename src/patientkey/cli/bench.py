@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.console import Console
@@ -18,6 +19,35 @@ from rich.progress import Progress
 from rich.table import Table
 
 app = typer.Typer(help="Benchmarks.")
+
+# Options ``bench rx`` and ``bench auth`` share.
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")]
+Workers = Annotated[int, typer.Option(min=1, max=64, help="Platform uvicorn worker processes.")]
+Database = Annotated[str, typer.Option(help="Every party's database: sqlite or postgres.")]
+Workdir = Annotated[
+    Path | None,
+    typer.Option(help="Lay the deployment out here and keep it (default: a temporary directory)."),
+]
+PgUrl = Annotated[
+    str,
+    typer.Option(
+        envvar="PATIENTKEY_BENCH_PG_URL",
+        help="PostgreSQL for --database postgres (a schema per party, dropped afterwards).",
+    ),
+]
+_PG_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def _exit_on_error() -> Iterator[None]:
+    """A PatientKeyError (bad options, a deployment that will not start) ends with exit code 2."""
+    from patientkey.errors import PatientKeyError
+
+    try:
+        yield
+    except PatientKeyError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
+        raise typer.Exit(2) from exc
 
 
 def _time_us(fn: Callable[[], object], *, min_seconds: float, repeats: int = 5) -> float:
@@ -141,15 +171,13 @@ def rx(
         16, min=1, max=512, help="Virtual users, each its own thread, User_ID, pool, records."
     ),
     duration: float = typer.Option(10.0, min=0.1, help="Measured seconds per operation."),
-    out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
-    workers: int = typer.Option(1, min=1, max=64, help="Platform uvicorn worker processes."),
-    database: str = typer.Option("sqlite", help="Every party's database: sqlite or postgres."),
+    out: JsonOut = None,
+    workers: Workers = 1,
+    database: Database = "sqlite",
     records: int = typer.Option(
         200, min=2, help="Prescriptions generated per virtual user (each cold-fetched once)."
     ),
-    workdir: Path | None = typer.Option(
-        None, help="Lay the deployment out here and keep it (default: a temporary directory)."
-    ),
+    workdir: Workdir = None,
     clients: int = typer.Option(2, min=1, max=64, help="Load-generator processes."),
     warmup: float = typer.Option(2.0, min=0.0, help="Unmeasured seconds before each phase."),
     pool_keys: int = typer.Option(
@@ -161,11 +189,7 @@ def rx(
     ops: str = typer.Option(
         "bind,cold_fetch,cached_fetch,share", help="Operations to measure, comma-separated."
     ),
-    pg_url: str = typer.Option(
-        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-        envvar="PATIENTKEY_BENCH_PG_URL",
-        help="PostgreSQL for --database postgres (a schema per party, dropped afterwards).",
-    ),
+    pg_url: PgUrl = _PG_URL,
     profile: Path | None = typer.Option(
         None, help="Run the platform under cProfile (one worker) and write the stats here."
     ),
@@ -177,9 +201,8 @@ def rx(
     """
     from patientkey.bench.rx import RxOptions
     from patientkey.bench.rx import run as run_rx
-    from patientkey.errors import PatientKeyError
 
-    try:
+    with _exit_on_error():
         run_rx(
             RxOptions(
                 concurrency=concurrency,
@@ -198,9 +221,6 @@ def rx(
                 profile=profile,
             )
         )
-    except PatientKeyError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
-        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -209,21 +229,15 @@ def auth(
         8, min=1, max=256, help="Virtual patients, each its own thread, wallet and OAuth client."
     ),
     duration: float = typer.Option(10.0, min=0.1, help="Measured seconds per phase."),
-    out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
-    workers: int = typer.Option(1, min=1, max=64, help="Platform uvicorn worker processes."),
-    database: str = typer.Option("sqlite", help="Every party's database: sqlite or postgres."),
+    out: JsonOut = None,
+    workers: Workers = 1,
+    database: Database = "sqlite",
     warmup: float = typer.Option(1.0, min=0.0, help="Unmeasured seconds before each phase."),
     pool_keys: int = typer.Option(
         1000, min=16, help="KUE pool keys per direction charged to each virtual patient."
     ),
-    workdir: Path | None = typer.Option(
-        None, help="Lay the deployment out here and keep it (default: a temporary directory)."
-    ),
-    pg_url: str = typer.Option(
-        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-        envvar="PATIENTKEY_BENCH_PG_URL",
-        help="PostgreSQL for --database postgres (a schema per party, dropped afterwards).",
-    ),
+    workdir: Workdir = None,
+    pg_url: PgUrl = _PG_URL,
 ) -> None:
     """CIBA flows/s (ask → approve → token) and introspections/s over HTTPS, with p50/p99.
 
@@ -231,9 +245,8 @@ def auth(
     """
     from patientkey.bench.auth import AuthOptions
     from patientkey.bench.auth import run as run_auth
-    from patientkey.errors import PatientKeyError
 
-    try:
+    with _exit_on_error():
         run_auth(
             AuthOptions(
                 concurrency=concurrency,
@@ -247,9 +260,6 @@ def auth(
                 pg_url=pg_url,
             )
         )
-    except PatientKeyError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
-        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -260,7 +270,7 @@ def audit(
     samples: int = typer.Option(
         200, min=1, max=100_000, help="Proofs generated and verified per size and kind."
     ),
-    out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    out: JsonOut = None,
     seed: int = typer.Option(1, help="Seed of the random sample leaves and earlier sizes."),
 ) -> None:
     """Transparency log: events appended/s, inclusion and consistency proofs (µs, hashes).
@@ -269,10 +279,6 @@ def audit(
     """
     from patientkey.bench.audit import AuditOptions, parse_sizes
     from patientkey.bench.audit import run as run_audit
-    from patientkey.errors import PatientKeyError
 
-    try:
+    with _exit_on_error():
         run_audit(AuditOptions(sizes=parse_sizes(sizes), samples=samples, json_out=out, seed=seed))
-    except PatientKeyError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc.detail}")
-        raise typer.Exit(2) from exc
