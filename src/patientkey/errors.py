@@ -64,7 +64,10 @@ def error_classes() -> dict[str, type[PatientKeyError]]:
     todo: list[type[PatientKeyError]] = [PatientKeyError]
     while todo:
         cls = todo.pop()
-        found[cls.problem] = cls
+        # A subclass that inherits its parent's problem name (KeyStateError, say) must
+        # not take the name over: a peer's 500 would come back as that subclass.
+        if "problem" in vars(cls):
+            found[cls.problem] = cls
         todo.extend(cls.__subclasses__())
     return found
 
