@@ -18,6 +18,7 @@ the HTTP layer never decides a status code on its own::
     │       └── LogRewritten              502  the audit log contradicts a head it signed
     ├── ConfigError                       500  local mis-configuration (refuses to start)
     ├── PeerUnavailable                   502  a party we depend on did not answer
+    ├── StoreBusy                         503  the database stayed locked / pool exhausted
     └── KeySupplyError                    503  the quantum key supply failed
         ├── KeySupplyBadRequest           400  the KME refused the request (ETSI 014 §5)
         ├── KeySupplyUnauthorized         401  the KME does not know us / key not ours
@@ -51,6 +52,7 @@ __all__ = [
     "PayloadTooLarge",
     "PeerUnavailable",
     "RateLimited",
+    "StoreBusy",
     "Unauthenticated",
     "error_classes",
 ]
@@ -174,6 +176,16 @@ class PeerUnavailable(PatientKeyError):
     problem = "peer-unavailable"
     title = "A party this operation depends on is unavailable"
     status = 502
+
+
+class StoreBusy(PatientKeyError):
+    """The database did not let this transaction through in time (a lock held past the
+    busy timeout, a pool with no free connection, a deadlock victim): nothing was
+    written; the caller may retry."""
+
+    problem = "store-busy"
+    title = "The store is busy; try again"
+    status = 503
 
 
 class KeySupplyError(PatientKeyError):

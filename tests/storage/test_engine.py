@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from patientkey.errors import ConfigError, NotFound
+from patientkey.errors import ConfigError, NotFound, StoreBusy
+from patientkey.storage import engine
 from patientkey.storage.engine import SQLITE_BUSY_TIMEOUT_MS, open_database
 from patientkey.storage.repos import PlatformRepo
 from patientkey.storage.schema import AccountRow, BindingRow, Party
@@ -53,6 +54,24 @@ def test_sqlite_transaction_takes_the_write_lock_at_begin(sqlite_db):
                 other.execute("BEGIN IMMEDIATE")
         finally:
             other.close()
+
+
+def test_a_lock_held_past_the_busy_timeout_is_store_busy(sqlite_db, monkeypatch):
+    """Another writer holding SQLite's lock past the busy timeout: 503 StoreBusy, not a 500."""
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    db = sqlite_db(Party.PLATFORM)
+    path = db.engine.url.database
+    assert path is not None
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreBusy) as busy, db.transaction() as session:
+            PlatformRepo(session).create_account("u1")
+        assert busy.value.status == 503
+    finally:
+        other.close()
+    with db.transaction() as session:
+        assert session.execute(select(AccountRow)).all() == []  # nothing was written
 
 
 def test_transaction_commits_on_success(make_db):

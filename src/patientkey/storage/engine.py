@@ -42,11 +42,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from patientkey.errors import ConfigError
+from patientkey.errors import ConfigError, StoreBusy
 from patientkey.storage.schema import METADATA, Party
 
 __all__ = [
@@ -110,8 +111,15 @@ class Database:
         Do not nest: an inner ``transaction()`` is a second, independent transaction
         (and on SQLite it waits for the outer one's write lock).
         """
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            if not _busy(exc):
+                raise
+            raise StoreBusy() from exc
+        except SqlTimeoutError as exc:  # no pooled connection within pool_timeout
+            raise StoreBusy() from exc
 
     # ── migrations ────────────────────────────────────────────────────────────
 
@@ -287,3 +295,15 @@ def _postgres_engine(url: URL, party: Party, schema: str | None) -> Engine:
         # and nothing of another schema (such as public) can be reached by accident.
         connect_args["options"] = f"-c search_path={schema}"
     return create_engine(url, connect_args=connect_args, **_PG_POOL)
+
+
+def _busy(exc: OperationalError) -> bool:
+    """A transient refusal of the database, as opposed to a broken one.
+
+    SQLite: "database is locked" / "database table is locked" after the busy timeout.
+    PostgreSQL (psycopg): deadlock victims and serialization failures (SQLSTATE 40xxx).
+    """
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("40")
+    return "locked" in str(exc.orig).lower()
