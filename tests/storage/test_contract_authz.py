@@ -313,6 +313,31 @@ def test_replace_refuses_a_successor_of_another_identity(authz, change):
         repo.requests.replace(old, replace(_approved(old), **change))
 
 
+_MALFORMED_REQUEST = [
+    {"state": "pending"},
+    {"proofs": frozenset({"totp"})},
+    {"interval": float("nan")},
+    {"last_polled_at": 1.5},
+    {"auth_time": -1},
+    {"decided_at": float("inf")},
+]
+
+
+@pytest.mark.parametrize("change", _MALFORMED_REQUEST, ids=lambda change: next(iter(change)))
+def test_malformed_requests_are_invalid_input(authz, change):
+    """A plain-string state or proof, or a body time that is not unix seconds, is
+    InvalidInput on add and replace, and nothing is written."""
+    old = _pending()
+    with authz.transaction() as repo:
+        repo.requests.add(old)
+    with pytest.raises(InvalidInput), authz.transaction() as repo:
+        repo.requests.add(replace(_pending(), **change))
+    with pytest.raises(InvalidInput), authz.transaction() as repo:
+        repo.requests.replace(old, replace(_approved(old), **change))
+    with authz.transaction() as repo:
+        assert repo.requests.pending_for("alice", NOW) == [old]
+
+
 def test_competing_replaces_have_one_winner(authz):
     """Four transactions replacing the same version at once: exactly one succeeds."""
     old = _pending()
@@ -468,6 +493,32 @@ def test_duplicate_grant_id_is_conflict(authz):
         repo.grants.add(replace(grant, acr="other"))
     with authz.transaction() as repo:
         assert repo.grants.get(grant.grant_id) == grant
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status": "active"},
+        {"proofs": frozenset({"totp"})},
+        {"auth_time": 1.5},
+        {"expires_at": float("nan")},
+        {"revoked_at": -1},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_malformed_grants_are_invalid_input(authz, change):
+    """A plain-string status or proof, or a time that is not unix seconds, is InvalidInput
+    on add and replace, and nothing is written."""
+    grant = _grant(_approved(_pending()))
+    with authz.transaction() as repo:
+        repo.grants.add(grant)
+    other = replace(grant, grant_id=f"other-{grant.grant_id}", **change)
+    with pytest.raises(InvalidInput), authz.transaction() as repo:
+        repo.grants.add(other)
+    with pytest.raises(InvalidInput), authz.transaction() as repo:
+        repo.grants.replace(grant, replace(grant, version=2, **change))
+    with authz.transaction() as repo:
+        assert repo.grants.for_user("alice") == [grant]
 
 
 def test_revocation_through_the_core_round_trips(authz):

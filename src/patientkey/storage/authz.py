@@ -43,9 +43,21 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, cast
+from operator import attrgetter
+from typing import Any, Final, Literal, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -66,6 +78,7 @@ from patientkey.storage.repos import (
     Event,
     EventDetail,
     PlatformRepo,
+    PlatformRepository,
     SqlStore,
     Store,
     _aware,
@@ -299,6 +312,16 @@ def _check_instant(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_seconds_or_none(name: str, value: object) -> int | None:
+    return None if value is None else _check_seconds(name, value)
+
+
+def _check_proofs(proofs: object) -> frozenset[ProofKind]:
+    if not isinstance(proofs, frozenset) or not all(isinstance(p, ProofKind) for p in proofs):
+        raise InvalidInput("proofs must be a frozenset of ProofKind")
+    return proofs
+
+
 def _check_request(request: object) -> AuthRequest:
     if not isinstance(request, AuthRequest):
         raise InvalidInput("an authorization request must be an AuthRequest")
@@ -306,25 +329,18 @@ def _check_request(request: object) -> AuthRequest:
     _check_id("request_id", request.request_id)
     _check_id("user_id", request.user_id)
     _check_id("client_id", request.client_id)
+    if not isinstance(request.state, CibaState):
+        raise InvalidInput("state must be a CibaState")
+    _check_proofs(request.proofs)
     _check_seconds("created_at", request.created_at)
     _check_seconds("expires_at", request.expires_at)
+    # Times kept in the JSON body: PostgreSQL's json refuses NaN and infinities.
+    _check_seconds("interval", request.interval)
+    _check_seconds_or_none("last_polled_at", request.last_polled_at)
+    _check_seconds_or_none("auth_time", request.auth_time)
+    _check_seconds_or_none("decided_at", request.decided_at)
     _check_int("version", request.version, 1)
     return request
-
-
-def _check_request_successor(old: AuthRequest, new: AuthRequest) -> None:
-    _check_request(old)
-    _check_request(new)
-    same = (new.auth_req_id, new.request_id, new.user_id, new.client_id) == (
-        old.auth_req_id,
-        old.request_id,
-        old.user_id,
-        old.client_id,
-    )
-    # A successor keeps its identity and moves its version on, or compare-and-set could
-    # not tell two writers apart.
-    if not same or new.version <= old.version:
-        raise InvalidInput("replace: same request, a higher version")
 
 
 def _check_grant(grant: object) -> Grant:
@@ -333,17 +349,45 @@ def _check_grant(grant: object) -> Grant:
     _check_id("grant_id", grant.grant_id)
     _check_id("user_id", grant.user_id)
     _check_id("client_id", grant.client_id)
+    if not isinstance(grant.status, GrantStatus):
+        raise InvalidInput("status must be a GrantStatus")
+    _check_proofs(grant.proofs)
     _check_seconds("created_at", grant.created_at)
+    _check_seconds("auth_time", grant.auth_time)
+    _check_seconds("expires_at", grant.expires_at)
+    _check_seconds_or_none("revoked_at", grant.revoked_at)
     _check_int("version", grant.version, 1)
     return grant
 
 
-def _check_grant_successor(old: Grant, new: Grant) -> None:
-    _check_grant(old)
-    _check_grant(new)
-    same = (new.grant_id, new.user_id, new.client_id) == (old.grant_id, old.user_id, old.client_id)
-    if not same or new.version <= old.version:
-        raise InvalidInput("replace: same grant, a higher version")
+_Versioned = TypeVar("_Versioned", AuthRequest, Grant)
+_REQUEST_IDENTITY: Final = attrgetter("auth_req_id", "request_id", "user_id", "client_id")
+_GRANT_IDENTITY: Final = attrgetter("grant_id", "user_id", "client_id")
+
+
+def _check_successor(
+    old: object, new: _Versioned, identity: Callable[[_Versioned], object], what: str
+) -> None:
+    """``new`` may replace ``old``: the same ids and a higher version.
+
+    A successor keeps its identity and moves its version on, or compare-and-set could
+    not tell two writers apart. ``new`` is checked whole; of ``old`` (read back from
+    the store) only its version, as its ids must equal the checked ones of ``new``.
+    """
+    if (
+        not isinstance(old, type(new))
+        or identity(old) != identity(new)
+        or _check_int("version", old.version, 1) >= new.version
+    ):
+        raise InvalidInput(f"replace: the same {what}, a higher version")
+
+
+def _check_request_successor(old: object, new: AuthRequest) -> None:
+    _check_successor(old, _check_request(new), _REQUEST_IDENTITY, "request")
+
+
+def _check_grant_successor(old: object, new: Grant) -> None:
+    _check_successor(old, _check_grant(new), _GRANT_IDENTITY, "grant")
 
 
 def _check_document(name: str, value: object, max_bytes: int) -> dict[str, Any]:
@@ -619,8 +663,8 @@ def _totp_values(enrollment: TotpEnrollment) -> dict[str, Any]:
 
 
 def _challenge_values(challenge: OtpChallenge) -> dict[str, Any]:
+    """The challenge's columns but its id."""
     return {
-        "challenge_id": challenge.challenge_id,
         "user_id": challenge.user_id,
         "request_id": challenge.request_id,
         "channel": OtpChannel(challenge.channel).value,
@@ -743,67 +787,64 @@ _REMOVE_DEVICE_KEY: Final = delete(_DEVICE_KEYS).where(
     _DEVICE_KEYS.c.key_id == bindparam("key_id"),
 )
 
-_GET_TOTP: Final = select(
-    _TOTP.c.secret, _TOTP.c.digits, _TOTP.c.period, _TOTP.c.algorithm, _TOTP.c.last_step
-).where(_TOTP.c.user_id == bindparam("user_id"))
-_SWAP_TOTP: Final = (
-    update(_TOTP)
-    .where(
-        _TOTP.c.user_id == bindparam("key"),
-        _TOTP.c.secret == bindparam("e_secret"),
-        _TOTP.c.digits == bindparam("e_digits"),
-        _TOTP.c.period == bindparam("e_period"),
-        _TOTP.c.algorithm == bindparam("e_algorithm"),
-        _TOTP.c.last_step.is_not_distinct_from(bindparam("e_last_step")),
-    )
-    .values(
-        secret=bindparam("v_secret"),
-        digits=bindparam("v_digits"),
-        period=bindparam("v_period"),
-        algorithm=bindparam("v_algorithm"),
-        last_step=bindparam("v_last_step"),
-    )
-)
 
-_OTP_FIELDS: Final = (
-    "user_id",
-    "request_id",
-    "channel",
-    "code_mac",
-    "expires_at",
-    "attempts",
-    "used",
-)
-_GET_OTP: Final = select(_OTP.c.challenge_id, *(_OTP.c[name] for name in _OTP_FIELDS)).where(
-    _OTP.c.challenge_id == bindparam("key")
-)
-_SWAP_OTP: Final = (
-    update(_OTP)
-    .where(
-        _OTP.c.challenge_id == bindparam("key"),
-        *(_OTP.c[name] == bindparam(f"e_{name}") for name in _OTP_FIELDS),
-    )
-    .values({name: bindparam(f"v_{name}") for name in _OTP_FIELDS})
-)
+def _key(table: Table, prefix: str = "") -> list[ColumnElement[bool]]:
+    """``<column> = :<prefix><column>`` for each column of ``table``'s primary key."""
+    return [column == bindparam(prefix + column.name) for column in table.primary_key.columns]
+
+
+def _fields(table: Table) -> list[Column[Any]]:
+    """The columns of ``table`` outside its primary key."""
+    return [column for column in table.columns if not column.primary_key]
+
+
+def _cas_where(table: Table) -> list[ColumnElement[bool]]:
+    """Compare-and-set on a whole row: the key is ``:k_<column>`` and every other column
+    still holds its expected value ``:e_<column>``.
+
+    Parameters are named apart from the columns: an UPDATE reserves the column names.
+    A nullable column compares with IS NOT DISTINCT FROM, so that NULL (a TOTP's
+    ``last_step`` before its first use) matches NULL.
+    """
+    expected = [
+        column.is_not_distinct_from(bindparam(f"e_{column.name}"))
+        if column.nullable
+        else column == bindparam(f"e_{column.name}")
+        for column in _fields(table)
+    ]
+    return [*_key(table, "k_"), *expected]
+
+
+def _cas_update(table: Table) -> Update:
+    """``UPDATE`` of every non-key column to ``:v_<column>`` where :func:`_cas_where` holds."""
+    values: dict[str, Any] = {c.name: bindparam(f"v_{c.name}") for c in _fields(table)}
+    return update(table).where(*_cas_where(table)).values(values)
+
+
+def _cas_params(
+    key: Mapping[str, Any], expected: Mapping[str, Any], new: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parameters of :func:`_cas_where` and :func:`_cas_update`."""
+    params = {f"k_{name}": value for name, value in key.items()}
+    params.update({f"e_{name}": value for name, value in expected.items()})
+    if new is not None:
+        params.update({f"v_{name}": value for name, value in new.items()})
+    return params
+
+
+_GET_TOTP: Final = select(*_fields(_TOTP)).where(*_key(_TOTP))
+_SWAP_TOTP: Final = _cas_update(_TOTP)
+
+_GET_OTP: Final = select(_OTP).where(*_key(_OTP))
+_SWAP_OTP: Final = _cas_update(_OTP)
 _PURGE_OTP: Final = delete(_OTP).where(_OTP.c.expires_at <= bindparam("now"))
 
-_LOCKOUT_FIELDS: Final = ("failures", "last_attempt_at", "locked_until")
-# Key parameters named apart from the columns: an UPDATE reserves the column names.
-_LOCKOUT_KEY: Final = (
-    _LOCKOUTS.c.user_id == bindparam("k_user_id"),
-    _LOCKOUTS.c.proof == bindparam("k_proof"),
-)
-_LOCKOUT_WAS: Final = tuple(_LOCKOUTS.c[name] == bindparam(f"e_{name}") for name in _LOCKOUT_FIELDS)
-_GET_LOCKOUT: Final = select(*(_LOCKOUTS.c[name] for name in _LOCKOUT_FIELDS)).where(*_LOCKOUT_KEY)
+_GET_LOCKOUT: Final = select(*_fields(_LOCKOUTS)).where(*_key(_LOCKOUTS))
 # FOR UPDATE: concurrent attempts on PostgreSQL queue on the row instead of retrying;
 # SQLite ignores it (its writers are serialized already).
 _LOCK_LOCKOUT: Final = _GET_LOCKOUT.with_for_update()
-_UPDATE_LOCKOUT: Final = (
-    update(_LOCKOUTS)
-    .where(*_LOCKOUT_KEY, *_LOCKOUT_WAS)
-    .values({name: bindparam(f"v_{name}") for name in _LOCKOUT_FIELDS})
-)
-_DELETE_LOCKOUT: Final = delete(_LOCKOUTS).where(*_LOCKOUT_KEY, *_LOCKOUT_WAS)
+_UPDATE_LOCKOUT: Final = _cas_update(_LOCKOUTS)
+_DELETE_LOCKOUT: Final = delete(_LOCKOUTS).where(*_cas_where(_LOCKOUTS))
 
 _IS_REVOKED: Final = select(_REVOKED.c.jti).where(_REVOKED.c.jti == bindparam("jti"))
 _PURGE_REVOKED: Final = delete(_REVOKED).where(_REVOKED.c.expires_at <= bindparam("now"))
@@ -1044,16 +1085,13 @@ class _SqlCredentials(_Part):
         return self._read(user_id, "environment")
 
 
-_TOTP_COLUMNS: Final = ("secret", "digits", "period", "algorithm", "last_step")
-
-
 class _SqlTotp(_Part):
     """:class:`TotpEnrollments` on the ``totp_enrollments`` table."""
 
     def put(self, user_id: str, enrollment: TotpEnrollment) -> None:
         _check_id("user_id", user_id)
-        values = {"user_id": user_id, **_totp_values(_check_totp(enrollment))}
-        self._upsert("totp_enrollments", values, _TOTP_COLUMNS)
+        fields = _totp_values(_check_totp(enrollment))
+        self._upsert("totp_enrollments", {"user_id": user_id, **fields}, tuple(fields))
 
     def get(self, user_id: str) -> TotpEnrollment | None:
         _check_id("user_id", user_id)
@@ -1066,10 +1104,7 @@ class _SqlTotp(_Part):
     def swap(self, user_id: str, expected: TotpEnrollment, new: TotpEnrollment) -> bool:
         _check_id("user_id", user_id)
         was = _totp_values(_check_totp(expected))
-        now = _totp_values(_check_totp(new))
-        params: dict[str, Any] = {"key": user_id}
-        params.update({f"e_{name}": value for name, value in was.items()})
-        params.update({f"v_{name}": value for name, value in now.items()})
+        params = _cas_params({"user_id": user_id}, was, _totp_values(_check_totp(new)))
         return _rowcount(self._db.execute(_SWAP_TOTP, params)) == 1
 
 
@@ -1077,21 +1112,21 @@ class _SqlOtp(_Part):
     """:class:`OtpChallenges` on the ``otp_challenges`` table."""
 
     def add(self, challenge: OtpChallenge) -> None:
-        values = _challenge_values(_check_challenge(challenge))
-        if not self._insert_new("otp_challenges", values):
+        fields = _challenge_values(_check_challenge(challenge))
+        if not self._insert_new(
+            "otp_challenges", {"challenge_id": challenge.challenge_id, **fields}
+        ):
             raise Conflict("duplicate one-time code challenge id")
 
     def get(self, challenge_id: str) -> OtpChallenge | None:
         _check_id("challenge_id", challenge_id)
-        row = self._db.execute(_GET_OTP, {"key": challenge_id}).first()
+        row = self._db.execute(_GET_OTP, {"challenge_id": challenge_id}).first()
         return None if row is None else _challenge(row)
 
     def swap(self, expected: OtpChallenge, new: OtpChallenge) -> bool:
         _check_challenge_successor(expected, new)
-        was, now = _challenge_values(expected), _challenge_values(new)
-        params: dict[str, Any] = {"key": expected.challenge_id}
-        params.update({f"e_{name}": was[name] for name in _OTP_FIELDS})
-        params.update({f"v_{name}": now[name] for name in _OTP_FIELDS})
+        key = {"challenge_id": expected.challenge_id}
+        params = _cas_params(key, _challenge_values(expected), _challenge_values(new))
         return _rowcount(self._db.execute(_SWAP_OTP, params)) == 1
 
     def purge(self, now: float) -> int:
@@ -1104,9 +1139,9 @@ class _SqlLockout(_Part):
 
     def get(self, user_id: str, proof: ProofKind) -> LockoutState | None:
         _check_id("user_id", user_id)
-        key = {"k_user_id": user_id, "k_proof": _check_proof(proof).value}
+        key = {"user_id": user_id, "proof": _check_proof(proof).value}
         row = self._db.execute(_GET_LOCKOUT, key).first()
-        return None if row is None else LockoutState(*row)
+        return None if row is None else LockoutState(**row._mapping)
 
     def update(
         self,
@@ -1115,12 +1150,12 @@ class _SqlLockout(_Part):
         change: Callable[[LockoutState | None], LockoutState | None],
     ) -> LockoutState | None:
         _check_id("user_id", user_id)
-        key = {"k_user_id": user_id, "k_proof": _check_proof(proof).value}
+        key = {"user_id": user_id, "proof": _check_proof(proof).value}
         # Compare-and-set, retried: a first failure of a user races with another
         # transaction's insert of the same row (FOR UPDATE cannot lock a missing row).
         for _ in range(_CAS_RETRIES):
             row = self._db.execute(_LOCK_LOCKOUT, key).first()
-            old = None if row is None else LockoutState(*row)
+            old = None if row is None else LockoutState(**row._mapping)
             new = _check_lockout(change(old))
             if self._write(key, old, new):
                 return new
@@ -1130,13 +1165,11 @@ class _SqlLockout(_Part):
         self, key: dict[str, str], old: LockoutState | None, new: LockoutState | None
     ) -> bool:
         if old is None:
-            row = {"user_id": key["k_user_id"], "proof": key["k_proof"]}
-            return new is None or self._insert_new("lockouts", {**row, **_lockout_values(new)})
-        params: dict[str, Any] = dict(key)
-        params.update({f"e_{name}": value for name, value in _lockout_values(old).items()})
+            return new is None or self._insert_new("lockouts", {**key, **_lockout_values(new)})
         if new is None:
+            params = _cas_params(key, _lockout_values(old))
             return _rowcount(self._db.execute(_DELETE_LOCKOUT, params)) == 1
-        params.update({f"v_{name}": value for name, value in _lockout_values(new).items()})
+        params = _cas_params(key, _lockout_values(old), _lockout_values(new))
         return _rowcount(self._db.execute(_UPDATE_LOCKOUT, params)) == 1
 
 
@@ -1173,21 +1206,11 @@ class _SqlTokens(_Part):
         return revoked + _rowcount(self._db.execute(_PURGE_ASSERTIONS, params))
 
 
-class SqlAuthzRepo:
-    """:class:`AuthzRepository` on SQLAlchemy; runs inside the caller's transaction."""
+class _OnPlatformEventLog:
+    """``log_event`` and ``events`` on the platform's event log, for the SQL repository
+    and its in-memory twin: each sets ``_platform`` to its platform repository."""
 
-    def __init__(self, session: Session, *, clock: Clock = utc_now) -> None:
-        connection = session.connection()
-        self.requests: Final = _SqlRequests(connection)
-        self.grants: Final = _SqlGrants(connection)
-        self.clients: Final = _SqlClients(connection)
-        self.credentials: Final = _SqlCredentials(connection, clock)
-        self.totp: Final = _SqlTotp(connection)
-        self.otp: Final = _SqlOtp(connection)
-        self.lockout: Final = _SqlLockout(connection)
-        self.tokens: Final = _SqlTokens(connection)
-        # The event log is the platform's: PlatformRepo writes it, for both.
-        self._platform = PlatformRepo(session, clock)
+    _platform: PlatformRepository
 
     def log_event(self, kind: str, user_id: str | None, detail: EventDetail) -> None:
         self._platform.log_event(kind, user_id, detail)
@@ -1199,14 +1222,26 @@ class SqlAuthzRepo:
         return self._platform.events(user_id=user_id, after=after, limit=limit)
 
 
-def _bind(session: Session, clock: Clock) -> SqlAuthzRepo:
-    return SqlAuthzRepo(session, clock=clock)
+class SqlAuthzRepo(_OnPlatformEventLog):
+    """:class:`AuthzRepository` on SQLAlchemy; runs inside the caller's transaction."""
+
+    def __init__(self, session: Session, clock: Clock = utc_now) -> None:
+        connection = session.connection()
+        self.requests: Final = _SqlRequests(connection)
+        self.grants: Final = _SqlGrants(connection)
+        self.clients: Final = _SqlClients(connection)
+        self.credentials: Final = _SqlCredentials(connection, clock)
+        self.totp: Final = _SqlTotp(connection)
+        self.otp: Final = _SqlOtp(connection)
+        self.lockout: Final = _SqlLockout(connection)
+        self.tokens: Final = _SqlTokens(connection)
+        self._platform = PlatformRepo(session, clock)
 
 
 def authz_store(db: Database, *, clock: Clock = utc_now) -> Store[AuthzRepository]:
     """The authorization unit's store on the platform's database (migrated to head)."""
-    return SqlStore(db, _bind, clock=clock)
+    return SqlStore(db, SqlAuthzRepo, clock=clock)
 
 
 # Static check that the SQL class implements the protocol.
-_sql: Callable[[Session, Clock], AuthzRepository] = _bind
+_sql: Callable[[Session, Clock], AuthzRepository] = SqlAuthzRepo

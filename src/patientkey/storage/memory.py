@@ -59,6 +59,7 @@ from patientkey.storage.authz import (
     _check_request_successor,
     _check_seconds,
     _check_totp,
+    _OnPlatformEventLog,
     _seconds_now,
 )
 from patientkey.storage.repos import (
@@ -817,7 +818,7 @@ class AuthzState:
     consents: dict[str, dict[str, Any]] = field(default_factory=dict)
     clients: dict[str, RegisteredClient] = field(default_factory=dict)
     passwords: dict[str, str] = field(default_factory=dict)
-    device_keys: dict[str, dict[str, EnrolledDeviceKey]] = field(default_factory=dict)
+    device_keys: dict[_Key, EnrolledDeviceKey] = field(default_factory=dict)  # (user, key_id)
     certificates: dict[str, str] = field(default_factory=dict)
     contacts: dict[tuple[str, OtpChannel], str] = field(default_factory=dict)
     environments: dict[str, str] = field(default_factory=dict)
@@ -837,12 +838,8 @@ class AuthzState:
         copied: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "device_keys":
-                copied[f.name] = {user: dict(keys) for user, keys in value.items()}
-            elif isinstance(value, dict):
-                copied[f.name] = dict(value)
-            else:  # a core's twin or the platform state: copy their containers
-                copied[f.name] = _fork(value)
+            # A core's twin or the platform state: copy their containers.
+            copied[f.name] = dict(value) if isinstance(value, dict) else _fork(value)
         return AuthzState(**copied)
 
 
@@ -868,12 +865,12 @@ class _MemoryRequests:
     def add(self, request: AuthRequest) -> None:
         _check_request(request)
         # The twin indexes request_id without refusing a duplicate; the table's UNIQUE does.
-        if self._twin.by_request_id(request.request_id) is not None:
+        if (
+            self._twin.get(request.auth_req_id) is not None
+            or self._twin.by_request_id(request.request_id) is not None
+        ):
             raise Conflict("duplicate auth_req_id or request_id")
-        try:
-            self._twin.add(request)
-        except Conflict:
-            raise Conflict("duplicate auth_req_id or request_id") from None
+        self._twin.add(request)
 
     def get(self, auth_req_id: str) -> AuthRequest | None:
         _check_id("auth_req_id", auth_req_id)
@@ -963,22 +960,21 @@ class _MemoryCredentials:
     def add_device_key(self, user_id: str, key: DeviceKey) -> EnrolledDeviceKey:
         _check_id("user_id", user_id)
         _check_device_key(key)
-        mine = self._s.device_keys.setdefault(user_id, {})
-        if key.key_id in mine:
+        if (user_id, key.key_id) in self._s.device_keys:
             raise Conflict("device key registered already")
         enrolled = EnrolledDeviceKey(key.algorithm, key.public_bytes, _seconds_now(self._clock))
-        mine[key.key_id] = enrolled
+        self._s.device_keys[user_id, key.key_id] = enrolled
         return enrolled
 
     def device_keys(self, user_id: str) -> list[EnrolledDeviceKey]:
         _check_id("user_id", user_id)
-        mine = self._s.device_keys.get(user_id, {}).values()
+        mine = [key for (user, _), key in self._s.device_keys.items() if user == user_id]
         return sorted(mine, key=lambda k: (k.created_at, k.key_id))
 
     def remove_device_key(self, user_id: str, key_id: str) -> bool:
         _check_id("user_id", user_id)
         _check_key_id(key_id)
-        return self._s.device_keys.get(user_id, {}).pop(key_id, None) is not None
+        return self._s.device_keys.pop((user_id, key_id), None) is not None
 
     def set_certificate(self, user_id: str, pem: str) -> None:
         _check_id("user_id", user_id)
@@ -1101,7 +1097,7 @@ def _drop_expired(ledger: dict[K, int], now: int) -> int:
     return len(expired)
 
 
-class MemoryAuthzRepo:
+class MemoryAuthzRepo(_OnPlatformEventLog):
     """:class:`~patientkey.storage.authz.AuthzRepository` in memory."""
 
     def __init__(self, state: AuthzState, clock: Clock = utc_now) -> None:
@@ -1114,15 +1110,6 @@ class MemoryAuthzRepo:
         self.lockout: Final = _MemoryLockout(state.lockout)
         self.tokens: Final = _MemoryTokens(state)
         self._platform = MemoryPlatformRepo(state.platform, clock)
-
-    def log_event(self, kind: str, user_id: str | None, detail: EventDetail) -> None:
-        self._platform.log_event(kind, user_id, detail)
-
-    def events(
-        self, *, user_id: str | None = None, after: int = 0, limit: int = 100
-    ) -> list[Event]:
-        """The event log (what :meth:`log_event` wrote)."""
-        return self._platform.events(user_id=user_id, after=after, limit=limit)
 
 
 # ─────────────────────────────────────────────────────────────── stores

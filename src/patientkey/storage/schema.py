@@ -32,6 +32,7 @@ values. Constraint names follow :data:`NAMING_CONVENTION`, and the migrations in
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -165,12 +166,8 @@ def _stamp(*, nullable: bool = False) -> Any:
     return mapped_column(UtcDateTime(), nullable=nullable)
 
 
-def _in(column: str, values: type[enum.StrEnum]) -> str:
-    quoted = ", ".join(f"'{v.value}'" for v in values)
-    return f"{column} IN ({quoted})"
-
-
-def _one_of(column: str, values: tuple[str, ...]) -> str:
+def _in(column: str, values: Iterable[str]) -> str:
+    """``column IN ('a', 'b')``: ``values`` is a StrEnum class or a tuple of strings."""
     quoted = ", ".join(f"'{v}'" for v in values)
     return f"{column} IN ({quoted})"
 
@@ -418,7 +415,7 @@ class AuthRequestRow(PlatformBase):
     __tablename__ = "auth_requests"
     __table_args__ = (
         UniqueConstraint("request_id"),
-        CheckConstraint(_one_of("state", AUTH_REQUEST_STATES), name="state"),
+        CheckConstraint(_in("state", AUTH_REQUEST_STATES), name="state"),
         # The wallet's "pending for me" query: equality on user and state, range on expiry.
         Index(None, "user_id", "state", "expires_at"),
     )
@@ -474,7 +471,7 @@ class DeviceKeyRow(PlatformBase):
     """A wallet's registered device public key (what signature verification needs)."""
 
     __tablename__ = "device_keys"
-    __table_args__ = (CheckConstraint(_one_of("algorithm", DEVICE_ALGORITHMS), name="algorithm"),)
+    __table_args__ = (CheckConstraint(_in("algorithm", DEVICE_ALGORITHMS), name="algorithm"),)
 
     user_id: Mapped[str] = _id(primary_key=True)
     key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -487,7 +484,7 @@ class TotpRow(PlatformBase):
     """A TOTP authenticator: secret, parameters and the last time step accepted."""
 
     __tablename__ = "totp_enrollments"
-    __table_args__ = (CheckConstraint(_one_of("algorithm", TOTP_ALGORITHMS), name="algorithm"),)
+    __table_args__ = (CheckConstraint(_in("algorithm", TOTP_ALGORITHMS), name="algorithm"),)
 
     user_id: Mapped[str] = _id(primary_key=True)
     secret: Mapped[str] = mapped_column(String(128))
@@ -502,7 +499,7 @@ class OtpChallengeRow(PlatformBase):
 
     __tablename__ = "otp_challenges"
     __table_args__ = (
-        CheckConstraint(_one_of("channel", OTP_CHANNELS), name="channel"),
+        CheckConstraint(_in("channel", OTP_CHANNELS), name="channel"),
         Index(None, "expires_at"),
     )
 
