@@ -29,8 +29,6 @@ ShareRelay                platform → third    the sealed record with that entr
 ShareReceipt              third → … → wallet  which KUB version it now holds
 DispenseRequest           third → platform    claim / complete / release (+ access token)
 DispenseState             platform → third    the state after it
-GrantedFetch              third → platform    a granted record's sealed copy (+ token)
-GrantedRecord             platform → third    that copy (ciphertext for the third party)
 ========================  ==================  =========================================
 
 Patient-approved authorization (DESIGN.md seed 1; docs/protocol.md "Authorization"):
@@ -78,8 +76,6 @@ __all__ = [
     "GrantList",
     "GrantRevoke",
     "GrantView",
-    "GrantedFetch",
-    "GrantedRecord",
     "GrantsRequest",
     "Ident",
     "IdentityEnroll",
@@ -327,25 +323,7 @@ class DispenseRequest(Message):
     his_id: Ident
     p_id: Ident
     action: Literal["claim", "complete", "release"]
-    access_token: AccessToken | None = None  # required once the platform enforces grants
-
-
-class GrantedFetch(Message):
-    MTYPE = "granted.fetch"
-    b_id: Ident
-    user_id: Ident
-    his_id: Ident
-    p_id: Ident
-    access_token: AccessToken
-
-
-class GrantedRecord(Message):
-    MTYPE = "granted.record"
-    his_id: Ident
-    p_id: Ident
-    kind: Literal["hpke", "kub"]
-    kub_version: int = Field(ge=0, le=2**31)
-    sealed: B64Bytes = Field(min_length=1)
+    access_token: AccessToken | None = None  # the platform refuses claims without one
 
 
 class DispenseState(Message):
@@ -524,8 +502,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ShareReceipt,
         DispenseRequest,
         DispenseState,
-        GrantedFetch,
-        GrantedRecord,
         IdentityEnroll,
         IdentityState,
         InboxRequest,

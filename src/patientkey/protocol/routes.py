@@ -11,7 +11,6 @@ __all__ = [
     "AUTHZ_OTP",
     "BIND",
     "DISPENSE",
-    "GRANTED_FETCH",
     "GRANTS_LIST",
     "GRANTS_REVOKE",
     "HIS_BIND_VERIFY",
@@ -50,7 +49,6 @@ SHARE_OFFER: Final = "/v1/share/offer"
 SHARE_DELIVER: Final = "/v1/share/deliver"
 DISPENSE: Final = "/v1/dispense"
 PING: Final = "/v1/ping"
-GRANTED_FETCH: Final = "/v1/granted/fetch"
 IDENTITY_ENROLL: Final = "/v1/identity/enroll"
 AUTHZ_INBOX: Final = "/v1/authz/inbox"
 AUTHZ_OTP: Final = "/v1/authz/otp"
