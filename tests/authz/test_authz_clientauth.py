@@ -30,7 +30,6 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
 from patientkey.authz import clientauth
-from patientkey.authz._form import single_params
 from patientkey.authz.clientauth import (
     ASSERTION_ALGS,
     CLIENT_ASSERTION_TYPE,
@@ -42,6 +41,7 @@ from patientkey.authz.clientauth import (
 )
 from patientkey.authz.clients import ClientInfo, RegisteredClient
 from patientkey.authz.errors import InvalidClient
+from patientkey.authz.form import single_params
 from patientkey.errors import ConfigError
 
 ENDPOINT = f"{ISSUER}/token"

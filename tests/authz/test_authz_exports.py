@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 MODULES = [
-    "_form",
     "audit",
     "catalog",
     "ciba",
@@ -17,6 +16,7 @@ MODULES = [
     "clients",
     "consent",
     "errors",
+    "form",
     "grants",
     "introspection",
     "metadata",

@@ -63,7 +63,6 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from patientkey.authz._form import Params, single_params
 from patientkey.authz.audit import AuditEvent, AuditKind
 from patientkey.authz.catalog import Catalog, Decision, ProofKind
 from patientkey.authz.clients import CIBA_GRANT_TYPE, ClientInfo, DeliveryMode
@@ -87,6 +86,7 @@ from patientkey.authz.errors import (
     UnknownUserId,
     UnsupportedGrantType,
 )
+from patientkey.authz.form import Params, single_params
 from patientkey.authz.rar import (
     DETAILS_TYPE,
     AuthorizationDetails,

@@ -359,7 +359,7 @@ def authenticate_client(
 ) -> RegisteredClient:
     """The client whose ``private_key_jwt`` assertion in ``params`` is valid at ``now``.
 
-    ``params`` is the endpoint's form, one value per name (``_form.single_params``);
+    ``params`` is the endpoint's form, one value per name (``form.single_params``);
     ``audiences`` are the values ``aud`` may name (the endpoint's URL and the issuer).
     Raises InvalidClient with :data:`FAILURE` for every failure.
     """

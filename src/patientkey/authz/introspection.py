@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from patientkey.authz._form import Params, single_params
 from patientkey.authz.errors import InvalidClient, InvalidRequest, InvalidToken
+from patientkey.authz.form import Params, single_params
 from patientkey.authz.grants import GrantStore
 from patientkey.authz.rar import dump_details
 from patientkey.authz.tokens import AccessTokenVerifier

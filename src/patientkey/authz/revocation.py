@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from patientkey.authz._form import Params, single_params
 from patientkey.authz.audit import AuditEvent
 from patientkey.authz.clients import ClientInfo
 from patientkey.authz.errors import (
@@ -33,6 +32,7 @@ from patientkey.authz.errors import (
     InvalidToken,
     UnsupportedTokenType,
 )
+from patientkey.authz.form import Params, single_params
 from patientkey.authz.grants import GrantStatus, GrantStore, revoke_grant
 from patientkey.authz.tokens import AccessTokenVerifier
 

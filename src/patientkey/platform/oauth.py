@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from patientkey.authz._form import single_params
 from patientkey.authz.errors import InvalidRequest, OAuthError
+from patientkey.authz.form import single_params
 from patientkey.platform.authorization import AuthorizationServer, OAuthAnswer, error_answer
 from patientkey.protocol.routes import (
     OAUTH_BC_AUTHORIZE,
