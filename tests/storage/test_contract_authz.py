@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -34,7 +36,15 @@ from patientkey.authz.rar import (
     dump_details,
     parse_authorization_details,
 )
-from patientkey.errors import Conflict, InvalidInput, NotFound, PatientKeyError
+from patientkey.crypto.vault import KeyVault
+from patientkey.errors import (
+    ConfigError,
+    Conflict,
+    CryptoError,
+    InvalidInput,
+    NotFound,
+    PatientKeyError,
+)
 from patientkey.identity import ProofRejected
 from patientkey.identity.assurance import ProofKind
 from patientkey.identity.challenge import ApprovalChallenge, new_nonce
@@ -55,7 +65,7 @@ from patientkey.identity.totp import (
 )
 from patientkey.storage import authz as storage_authz
 from patientkey.storage import memory
-from patientkey.storage.authz import EnrolledDeviceKey, authz_store
+from patientkey.storage.authz import EnrolledDeviceKey, authz_store, totp_vault
 from patientkey.storage.repos import PlatformRepo
 from patientkey.storage.schema import (
     AUTH_REQUEST_STATES,
@@ -85,6 +95,7 @@ JWKS = {
     "keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]
 }
 PROOFS = (ProofKind.DEVICE_SIGNATURE, ProofKind.TOTP)
+VAULT = totp_vault(secrets.token_bytes(32))
 THREADS = 4  # below the PostgreSQL pool size: every thread holds a connection while it waits
 
 
@@ -101,7 +112,8 @@ def authz(backend, request, clock):
     """The authorization unit's store on the backend of the test, on the fake clock."""
     if backend == "memory":
         return memory.authz_store(clock)
-    return authz_store(request.getfixturevalue(f"{backend}_db")(Party.PLATFORM), clock=clock)
+    db = request.getfixturevalue(f"{backend}_db")(Party.PLATFORM)
+    return authz_store(db, clock=clock, vault=VAULT)
 
 
 _ids = count()
@@ -433,9 +445,11 @@ def test_sqlite_pending_query_uses_the_user_state_expiry_index(sqlite_db):
 def test_sql_operations_take_one_statement_each(make_db, clock):
     """On SQL, each read, insert and compare-and-set is exactly one statement."""
     db = make_db(Party.PLATFORM)
-    store = authz_store(db, clock=clock)
+    store = authz_store(db, clock=clock, vault=VAULT)
     old = _pending()
     grant = _grant(_approved(old))
+    enrollment = new_totp_enrollment()
+    used = replace(enrollment, last_step=1)
     statements = []
 
     def count_statement(_conn, _cursor, statement, *_args):
@@ -456,6 +470,10 @@ def test_sql_operations_take_one_statement_each(make_db, clock):
                 lambda: repo.tokens.use_assertion("pharmacy-1", "j", NOW),
                 lambda: repo.tokens.is_revoked("j"),
                 lambda: repo.credentials.environment("alice"),
+                lambda: repo.totp.put("alice", enrollment),
+                lambda: repo.totp.get("alice"),
+                lambda: repo.totp.swap("alice", enrollment, used),
+                lambda: repo.totp.swap("alice", used, new_totp_enrollment()),
             ]
             for call in calls:
                 before = len(statements)
@@ -719,6 +737,148 @@ def test_totp_enrollment_round_trips_and_swaps_once(authz):
         assert repo.totp.swap("bob", enrollment, used) is False
     with authz.transaction() as repo:
         assert repo.totp.get("alice") == used
+
+
+@pytest.mark.parametrize("algorithm", list(TotpAlgorithm))
+def test_totp_enrollment_round_trips_each_algorithm(authz, algorithm):
+    """Every algorithm's enrollment, and a lower-case unpadded secret, read back equal."""
+    enrollment = new_totp_enrollment(TotpParams(algorithm=algorithm))
+    lowered = replace(enrollment, secret=enrollment.secret.lower(), last_step=7)
+    with authz.transaction() as repo:
+        repo.totp.put("alice", enrollment)
+        repo.totp.put("bob", lowered)
+    with authz.transaction() as repo:
+        assert repo.totp.get("alice") == enrollment
+        assert repo.totp.get("bob") == lowered
+
+
+def test_totp_swap_to_a_new_secret_replaces_it(authz):
+    """swap to another secret (re-enrollment) stores it; the old secret no longer matches."""
+    old = new_totp_enrollment()
+    new = new_totp_enrollment(TotpParams(digits=7))
+    with authz.transaction() as repo:
+        repo.totp.put("alice", old)
+    with authz.transaction() as repo:
+        assert repo.totp.swap("alice", old, new) is True
+        assert repo.totp.swap("alice", old, replace(old, last_step=1)) is False
+        # Same parameters and step, other secret: the tag tells them apart.
+        assert repo.totp.swap("alice", replace(new, secret=old.secret), old) is False
+    with authz.transaction() as repo:
+        assert repo.totp.get("alice") == new
+
+
+def test_competing_totp_swaps_have_one_winner(authz):
+    """Four transactions swapping the same enrollment at once: exactly one succeeds."""
+    enrollment = new_totp_enrollment()
+    with authz.transaction() as repo:
+        repo.totp.put("alice", enrollment)
+    successors = [replace(enrollment, last_step=100 + i) for i in range(THREADS)]
+
+    def swap_one(i):
+        with authz.transaction() as repo:
+            return repo.totp.swap("alice", enrollment, successors[i])
+
+    results = _race(THREADS, swap_one)
+    assert sorted(results) == [False] * (THREADS - 1) + [True]
+    with authz.transaction() as repo:
+        assert repo.totp.get("alice") == successors[results.index(True)]
+
+
+def _sealed_row(db, user_id):
+    with db.engine.connect() as conn:
+        return conn.execute(
+            text("SELECT secret_sealed, secret_tag FROM totp_enrollments WHERE user_id = :u"),
+            {"u": user_id},
+        ).one()
+
+
+def test_sql_totp_row_holds_no_plaintext_secret(make_db, clock):
+    """On SQL, neither the TOTP row nor the database dump contains the secret in any form."""
+    db = make_db(Party.PLATFORM)
+    store = authz_store(db, clock=clock, vault=VAULT)
+    enrollment = new_totp_enrollment(TotpParams(algorithm=TotpAlgorithm.SHA512))
+    with store.transaction() as repo:
+        repo.totp.put("alice", enrollment)
+    padded = enrollment.secret + "=" * (-len(enrollment.secret) % 8)
+    raw = base64.b32decode(padded)
+    sealed, tag = _sealed_row(db, "alice")
+    assert len(bytes(tag)) == 32
+    dump = db.dump_bytes()
+    assert bytes(sealed) in dump  # the scan sees the row
+    for needle in (enrollment.secret.encode(), enrollment.secret.lower().encode(), raw):
+        assert needle not in dump
+        assert needle not in bytes(sealed)
+        assert needle not in bytes(tag)
+
+
+def test_sql_totp_step_swap_keeps_the_sealed_blob(make_db, clock):
+    """On SQL, a swap that keeps the secret (a code accepted) leaves the blob byte for byte."""
+    db = make_db(Party.PLATFORM)
+    store = authz_store(db, clock=clock, vault=VAULT)
+    enrollment = new_totp_enrollment()
+    with store.transaction() as repo:
+        repo.totp.put("alice", enrollment)
+    before = _sealed_row(db, "alice")
+    with store.transaction() as repo:
+        assert repo.totp.swap("alice", enrollment, replace(enrollment, last_step=5)) is True
+    assert _sealed_row(db, "alice") == before
+    renewed = new_totp_enrollment()
+    with store.transaction() as repo:
+        assert repo.totp.swap("alice", replace(enrollment, last_step=5), renewed) is True
+    assert bytes(_sealed_row(db, "alice").secret_sealed) != bytes(before.secret_sealed)
+
+
+def test_sql_totp_blob_moved_to_another_user_does_not_open(make_db, clock):
+    """On SQL, alice's sealed secret and tag copied into bob's row raise CryptoError for bob."""
+    db = make_db(Party.PLATFORM)
+    store = authz_store(db, clock=clock, vault=VAULT)
+    with store.transaction() as repo:
+        repo.totp.put("alice", new_totp_enrollment())
+        repo.totp.put("bob", new_totp_enrollment())
+    sealed, tag = _sealed_row(db, "alice")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE totp_enrollments SET secret_sealed = :s, secret_tag = :t "
+                "WHERE user_id = 'bob'"
+            ),
+            {"s": bytes(sealed), "t": bytes(tag)},
+        )
+    with pytest.raises(CryptoError), store.transaction() as repo:
+        repo.totp.get("bob")
+    with store.transaction() as repo:
+        assert repo.totp.get("alice") is not None
+
+
+def test_sql_totp_under_another_key_does_not_open(make_db, clock):
+    """On SQL, a store with another at-rest key cannot read the enrollment (CryptoError)."""
+    db = make_db(Party.PLATFORM)
+    with authz_store(db, clock=clock, vault=VAULT).transaction() as repo:
+        repo.totp.put("alice", new_totp_enrollment())
+    other = authz_store(db, clock=clock, vault=totp_vault(secrets.token_bytes(32)))
+    with pytest.raises(CryptoError), other.transaction() as repo:
+        repo.totp.get("alice")
+
+
+def test_sql_store_without_vault_refuses_totp_only(make_db, clock):
+    """On SQL, a store opened without a vault raises ConfigError on totp; the rest works."""
+    db = make_db(Party.PLATFORM)
+    store = authz_store(db, clock=clock)
+    with store.transaction() as repo:
+        repo.clients.register(RegisteredClient(info=PHARMACY, jwks=JWKS))
+        with pytest.raises(ConfigError, match="at-rest key"):
+            repo.totp.get("alice")
+    with store.transaction() as repo:
+        assert [c.info.client_id for c in repo.clients.all()] == ["pharmacy-1"]
+
+
+def test_totp_vault_is_derived_and_checked():
+    """totp_vault derives a KeyVault from the authorization secret and refuses short secrets."""
+    assert isinstance(totp_vault(bytes(32)), KeyVault)
+    with pytest.raises(InvalidInput):
+        totp_vault(bytes(31))
+    with pytest.raises(InvalidInput):
+        authz_store(None, vault=b"k" * 32)
 
 
 def test_totp_verifier_runs_on_the_store(authz):

@@ -30,7 +30,8 @@ The keys: with ``keystore`` set, the PQ responder key and the authorization unit
 keys (access-token signing key, MAC secret) are kept in that encrypted keystore
 (passphrase from ``PATIENTKEY_PASSPHRASE``; created on first start); without, new keys
 are generated at every start: wallets must redo the PQ exchange (their envelopes under
-an old exchange fail as crypto-failure) and earlier access tokens stop verifying.
+an old exchange fail as crypto-failure), earlier access tokens stop verifying, and TOTP
+enrollments (sealed at rest under a key derived from the MAC secret) no longer open.
 
 TLS: the platform asks for, but does not require, a client certificate, because apps
 reach its OAuth endpoints with ``private_key_jwt`` alone; every envelope route requires
@@ -86,7 +87,7 @@ from patientkey.service.party import passphrase_from_env
 from patientkey.service.process import PartyProcess, server_main, write_port_file
 from patientkey.service.tls import build_server
 from patientkey.storage import Database, Party, PlatformRepo, SqlStore, open_database
-from patientkey.storage.authz import authz_store
+from patientkey.storage.authz import authz_store, totp_vault
 
 __all__ = [
     "PlatformKeys",
@@ -205,7 +206,7 @@ def build_authorization(
         verify = ssl.create_default_context(cafile=str(settings.notification_ca))
     pinger = HttpPinger(verify)
     server = AuthorizationServer(
-        authz_store(db),
+        authz_store(db, vault=totp_vault(keys.secret)),  # TOTP secrets sealed at rest
         issuer=issuer,
         keys=keys,
         catalog=load_catalog(settings.scenarios),

@@ -20,9 +20,18 @@ back a value equal to the one written. Times are unix seconds (the cores' ``now`
 except the one-time code and lockout times, which :mod:`patientkey.identity` keeps as
 floats.
 
+TOTP secrets are sealed at rest (:class:`~patientkey.crypto.vault.KeyVault`, row
+``(user_id, "totp")``) next to ``secret_tag``, an HMAC of the secret under a key derived
+apart from the sealing key; the compare-and-set matches on the tag, since a fresh seal
+never equals the stored blob. A store opened without a vault refuses its ``totp`` part
+(``ConfigError``); the others work (``platform register-client`` needs no keys)::
+
+    store = authz_store(db, vault=totp_vault(keys.secret))
+
 Concurrency: each compare-and-set is ONE conditional statement — ``UPDATE … WHERE
 version = :old`` for requests and grants, ``WHERE`` every stored field equals the
-expected value for TOTP enrollments, one-time code challenges and lockout counters —
+expected value for one-time code challenges and lockout counters (for TOTP enrollments
+the secret's tag stands for the sealed secret) —
 so of two transactions that read the same row, exactly one write matches: on SQLite
 because ``BEGIN IMMEDIATE`` serializes writers, on PostgreSQL because READ COMMITTED
 re-checks the ``WHERE`` against the row a concurrent writer committed. A new id is
@@ -39,6 +48,8 @@ dialect-specific inserts and upserts are built once per dialect.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -66,7 +77,9 @@ from patientkey.authz.ciba import AuthRequest, AuthRequestStore, CibaState
 from patientkey.authz.clients import ClientInfo, RegisteredClient
 from patientkey.authz.grants import Grant, GrantStatus, GrantStore
 from patientkey.authz.rar import dump_details, parse_authorization_details
-from patientkey.errors import Conflict, InvalidInput, NotFound
+from patientkey.crypto._util import hkdf_sha256, lp
+from patientkey.crypto.vault import KeyVault
+from patientkey.errors import ConfigError, Conflict, CryptoError, InvalidInput, NotFound
 from patientkey.identity.assurance import ProofKind
 from patientkey.identity.device import DeviceAlgorithm, DeviceKey
 from patientkey.identity.lockout import LockoutState, LockoutStore
@@ -118,6 +131,7 @@ __all__ = [
     "TokenLedger",
     "TotpEnrollments",
     "authz_store",
+    "totp_vault",
 ]
 
 MAX_CONSENT_BYTES: Final = 64 * 1024
@@ -130,6 +144,9 @@ ContactChannel = Literal["sms", "email"]
 _Row = Row[*tuple[Any, ...]]
 _MAX_SECONDS: Final = 2**63 - 1
 _CAS_RETRIES: Final = 16
+_TOTP_ROW_NAME: Final = "totp"
+_TOTP_VAULT_LABEL: Final = b"patientkey/authz/totp-at-rest/v1"
+_TOTP_TAG_LABEL: Final = b"patientkey/authz/totp-tag/v1"
 
 
 # ─────────────────────────────────────────────────────────────── values
@@ -652,9 +669,9 @@ def _client(client_id: str, body: Mapping[str, Any]) -> RegisteredClient:
 
 
 def _totp_values(enrollment: TotpEnrollment) -> dict[str, Any]:
+    """The enrollment's columns but the secret's (sealed by :class:`_TotpSealer`)."""
     params = enrollment.params
     return {
-        "secret": enrollment.secret,
         "digits": params.digits,
         "period": params.period,
         "algorithm": params.algorithm.value,
@@ -798,9 +815,11 @@ def _fields(table: Table) -> list[Column[Any]]:
     return [column for column in table.columns if not column.primary_key]
 
 
-def _cas_where(table: Table) -> list[ColumnElement[bool]]:
-    """Compare-and-set on a whole row: the key is ``:k_<column>`` and every other column
-    still holds its expected value ``:e_<column>``.
+def _cas_where(
+    table: Table, compared: Sequence[Column[Any]] | None = None
+) -> list[ColumnElement[bool]]:
+    """Compare-and-set on a row: the key is ``:k_<column>`` and every other column (or
+    each of ``compared``) still holds its expected value ``:e_<column>``.
 
     Parameters are named apart from the columns: an UPDATE reserves the column names.
     A nullable column compares with IS NOT DISTINCT FROM, so that NULL (a TOTP's
@@ -810,15 +829,21 @@ def _cas_where(table: Table) -> list[ColumnElement[bool]]:
         column.is_not_distinct_from(bindparam(f"e_{column.name}"))
         if column.nullable
         else column == bindparam(f"e_{column.name}")
-        for column in _fields(table)
+        for column in (_fields(table) if compared is None else compared)
     ]
     return [*_key(table, "k_"), *expected]
 
 
-def _cas_update(table: Table) -> Update:
-    """``UPDATE`` of every non-key column to ``:v_<column>`` where :func:`_cas_where` holds."""
-    values: dict[str, Any] = {c.name: bindparam(f"v_{c.name}") for c in _fields(table)}
-    return update(table).where(*_cas_where(table)).values(values)
+def _cas_update(
+    table: Table,
+    compared: Sequence[Column[Any]] | None = None,
+    updated: Sequence[Column[Any]] | None = None,
+) -> Update:
+    """``UPDATE`` of every non-key column (or each of ``updated``) to ``:v_<column>``
+    where :func:`_cas_where` holds."""
+    columns = _fields(table) if updated is None else updated
+    values: dict[str, Any] = {c.name: bindparam(f"v_{c.name}") for c in columns}
+    return update(table).where(*_cas_where(table, compared)).values(values)
 
 
 def _cas_params(
@@ -833,7 +858,12 @@ def _cas_params(
 
 
 _GET_TOTP: Final = select(*_fields(_TOTP)).where(*_key(_TOTP))
-_SWAP_TOTP: Final = _cas_update(_TOTP)
+# Compared on the tag, not the sealed blob: a fresh seal of the same secret differs.
+_TOTP_COMPARED: Final = [c for c in _fields(_TOTP) if c.name != "secret_sealed"]
+_TOTP_KEEP_SECRET: Final = [c for c in _TOTP_COMPARED if c.name != "secret_tag"]
+_SWAP_TOTP: Final = _cas_update(_TOTP, _TOTP_COMPARED)
+# The secret unchanged (a code accepted): the blob stays byte for byte, nothing re-sealed.
+_SWAP_TOTP_STEP: Final = _cas_update(_TOTP, _TOTP_COMPARED, _TOTP_KEEP_SECRET)
 
 _GET_OTP: Final = select(_OTP).where(*_key(_OTP))
 _SWAP_OTP: Final = _cas_update(_OTP)
@@ -1085,12 +1115,67 @@ class _SqlCredentials(_Part):
         return self._read(user_id, "environment")
 
 
+class _TotpSealer:
+    """A TOTP secret at rest: sealed in the vault's row ``(user_id, "totp")``, plus its tag.
+
+    The tag is ``HMAC-SHA256(mac key, lp(user_id, secret))``: what the compare-and-set
+    matches, and a check that a row's blob and tag belong together. KeyVault offers no
+    MAC, so the MAC key is derived here from the vault's key material with HKDF under
+    its own label: the storage key itself never keys anything but the vault's own HKDF.
+    The user id inside the tag keeps equal secrets of two users from showing as equal.
+    """
+
+    __slots__ = ("_mac_key", "_vault")
+
+    def __init__(self, vault: KeyVault) -> None:
+        if not isinstance(vault, KeyVault):
+            raise InvalidInput("the TOTP at-rest key must be a KeyVault")
+        self._vault = vault
+        self._mac_key = hkdf_sha256(vault.recipient.key, _TOTP_TAG_LABEL)
+
+    def seal(self, user_id: str, secret: str) -> bytes:
+        return self._vault.wrap(user_id, _TOTP_ROW_NAME, secret.encode("ascii"))
+
+    def tag(self, user_id: str, secret: str) -> bytes:
+        message = lp(user_id.encode(), secret.encode("ascii"))
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+    def open(self, user_id: str, blob: bytes, tag: bytes) -> str:
+        """The secret sealed in ``blob`` for ``user_id``; CryptoError if it is not theirs."""
+        body = self._vault.unwrap(user_id, _TOTP_ROW_NAME, blob)
+        try:
+            secret = body.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise CryptoError(reason="stored TOTP secret is not base32 text") from exc
+        if not hmac.compare_digest(self.tag(user_id, secret), tag):
+            raise CryptoError(reason="stored TOTP tag does not match its secret")
+        return secret
+
+
+def totp_vault(secret: bytes) -> KeyVault:
+    """The vault of the TOTP secrets at rest, from the authorization unit's secret
+    (:class:`~patientkey.platform.authorization.AuthzKeys` ``.secret``) by HKDF, so the
+    one-time code MAC key is never the sealing key."""
+    if not isinstance(secret, bytes) or len(secret) < 32:
+        raise InvalidInput("the authorization secret must be at least 32 bytes")
+    return KeyVault("platform", hkdf_sha256(secret, _TOTP_VAULT_LABEL))
+
+
 class _SqlTotp(_Part):
-    """:class:`TotpEnrollments` on the ``totp_enrollments`` table."""
+    """:class:`TotpEnrollments` on the ``totp_enrollments`` table, secrets sealed."""
+
+    def __init__(self, connection: Connection, sealer: _TotpSealer) -> None:
+        super().__init__(connection)
+        self._sealer = sealer
 
     def put(self, user_id: str, enrollment: TotpEnrollment) -> None:
         _check_id("user_id", user_id)
-        fields = _totp_values(_check_totp(enrollment))
+        _check_totp(enrollment)
+        fields = {
+            "secret_sealed": self._sealer.seal(user_id, enrollment.secret),
+            "secret_tag": self._sealer.tag(user_id, enrollment.secret),
+            **_totp_values(enrollment),
+        }
         self._upsert("totp_enrollments", {"user_id": user_id, **fields}, tuple(fields))
 
     def get(self, user_id: str) -> TotpEnrollment | None:
@@ -1098,14 +1183,28 @@ class _SqlTotp(_Part):
         row = self._db.execute(_GET_TOTP, {"user_id": user_id}).first()
         if row is None:
             return None
+        secret = self._sealer.open(user_id, bytes(row.secret_sealed), bytes(row.secret_tag))
         params = TotpParams(row.digits, row.period, TotpAlgorithm(row.algorithm))
-        return TotpEnrollment(row.secret, params, row.last_step)
+        return TotpEnrollment(secret, params, row.last_step)
 
     def swap(self, user_id: str, expected: TotpEnrollment, new: TotpEnrollment) -> bool:
         _check_id("user_id", user_id)
-        was = _totp_values(_check_totp(expected))
-        params = _cas_params({"user_id": user_id}, was, _totp_values(_check_totp(new)))
-        return _rowcount(self._db.execute(_SWAP_TOTP, params)) == 1
+        _check_totp(expected)
+        _check_totp(new)
+        was = {"secret_tag": self._sealer.tag(user_id, expected.secret)}
+        was.update(_totp_values(expected))
+        if new.secret == expected.secret:
+            statement = _SWAP_TOTP_STEP
+            values = _totp_values(new)
+        else:
+            statement = _SWAP_TOTP
+            values = {
+                "secret_sealed": self._sealer.seal(user_id, new.secret),
+                "secret_tag": self._sealer.tag(user_id, new.secret),
+                **_totp_values(new),
+            }
+        params = _cas_params({"user_id": user_id}, was, values)
+        return _rowcount(self._db.execute(statement, params)) == 1
 
 
 class _SqlOtp(_Part):
@@ -1223,24 +1322,51 @@ class _OnPlatformEventLog:
 
 
 class SqlAuthzRepo(_OnPlatformEventLog):
-    """:class:`AuthzRepository` on SQLAlchemy; runs inside the caller's transaction."""
+    """:class:`AuthzRepository` on SQLAlchemy; runs inside the caller's transaction.
 
-    def __init__(self, session: Session, clock: Clock = utc_now) -> None:
+    ``vault`` seals the TOTP secrets; without it, :attr:`totp` raises ``ConfigError``.
+    """
+
+    def __init__(
+        self, session: Session, clock: Clock = utc_now, vault: KeyVault | None = None
+    ) -> None:
         connection = session.connection()
         self.requests: Final = _SqlRequests(connection)
         self.grants: Final = _SqlGrants(connection)
         self.clients: Final = _SqlClients(connection)
         self.credentials: Final = _SqlCredentials(connection, clock)
-        self.totp: Final = _SqlTotp(connection)
+        self._connection = connection
+        self._vault = vault
+        self._totp: _SqlTotp | None = None
         self.otp: Final = _SqlOtp(connection)
         self.lockout: Final = _SqlLockout(connection)
         self.tokens: Final = _SqlTokens(connection)
         self._platform = PlatformRepo(session, clock)
 
+    @property
+    def totp(self) -> TotpEnrollments:
+        # Built on first use: most transactions never touch TOTP, and the MAC key's
+        # derivation need not run for them.
+        if self._totp is None:
+            if self._vault is None:
+                raise ConfigError("the TOTP store needs an at-rest key")
+            self._totp = _SqlTotp(self._connection, _TotpSealer(self._vault))
+        return self._totp
 
-def authz_store(db: Database, *, clock: Clock = utc_now) -> Store[AuthzRepository]:
-    """The authorization unit's store on the platform's database (migrated to head)."""
-    return SqlStore(db, SqlAuthzRepo, clock=clock)
+
+def authz_store(
+    db: Database, *, clock: Clock = utc_now, vault: KeyVault | None = None
+) -> Store[AuthzRepository]:
+    """The authorization unit's store on the platform's database (migrated to head).
+
+    ``vault`` (:func:`totp_vault`) seals the TOTP secrets; without it the store's
+    ``totp`` part refuses to be used.
+    """
+    if vault is None:
+        return SqlStore(db, SqlAuthzRepo, clock=clock)
+    if not isinstance(vault, KeyVault):
+        raise InvalidInput("the TOTP at-rest key must be a KeyVault")
+    return SqlStore(db, functools.partial(SqlAuthzRepo, vault=vault), clock=clock)
 
 
 # Static check that the SQL class implements the protocol.

@@ -481,13 +481,19 @@ class DeviceKeyRow(PlatformBase):
 
 
 class TotpRow(PlatformBase):
-    """A TOTP authenticator: secret, parameters and the last time step accepted."""
+    """A TOTP authenticator: sealed secret and its tag, parameters, the last step accepted.
+
+    ``secret_sealed`` is the secret under the authorization unit's at-rest key
+    (:class:`~patientkey.crypto.vault.KeyVault`, bound to the row's user id);
+    ``secret_tag`` an HMAC-SHA256 of it, what a compare-and-set matches.
+    """
 
     __tablename__ = "totp_enrollments"
     __table_args__ = (CheckConstraint(_in("algorithm", TOTP_ALGORITHMS), name="algorithm"),)
 
     user_id: Mapped[str] = _id(primary_key=True)
-    secret: Mapped[str] = mapped_column(String(128))
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary())
+    secret_tag: Mapped[bytes] = mapped_column(LargeBinary(32))
     digits: Mapped[int] = mapped_column(Integer)
     period: Mapped[int] = mapped_column(Integer)
     algorithm: Mapped[str] = mapped_column(String(8))
