@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from patientkey.bench.auth import PHASES, PLATFORM_CALLS, TARGETS, AuthOptions, run
+from patientkey.bench.auth import PHASES, PLATFORM_CALLS, TARGETS, AuthOptions, _Outbox, run
 from patientkey.errors import InvalidInput
 
 
@@ -25,12 +25,30 @@ def test_options_are_checked() -> None:
         AuthOptions(concurrency=0).check()
     with pytest.raises(InvalidInput):
         AuthOptions(pool_keys=4).check()
+    with pytest.raises(InvalidInput):
+        AuthOptions(proofs="face").check()
     AuthOptions().check()
+
+
+def test_outbox_reads_new_lines_and_each_code_once(tmp_path: Path) -> None:
+    """The outbox reader finds the newest code per address, once, and skips a torn line."""
+    path = tmp_path / "outbox.log"
+    lines = [{"to": "a@x", "code": "111111"}, {"to": "b@x", "code": "222222"}]
+    path.write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"to": "a@x"', "utf-8")
+    outbox = _Outbox(path)
+    assert outbox.code_for("b@x") == "222222"
+    assert outbox.code_for("a@x") == "111111"
+    with pytest.raises(RuntimeError):
+        outbox.code_for("a@x")  # used, and the torn line is not read yet
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(', "code": "333333"}\n')
+    assert outbox.code_for("a@x") == "333333"
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("integration")
-def test_bench_auth_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("proofs", ["password", "otp"])
+def test_bench_auth_smoke(tmp_path: Path, proofs: str) -> None:
     """Two patients run real CIBA flows and introspections without errors; JSON matches."""
     out = tmp_path / "auth.json"
     options = AuthOptions(
@@ -40,6 +58,7 @@ def test_bench_auth_smoke(tmp_path: Path) -> None:
         pool_keys=200,
         workdir=tmp_path / "deployment",
         json_out=out,
+        proofs=proofs,
     )
     with (tmp_path / "console.txt").open("w", encoding="utf-8") as log:
         report = run(options, console=Console(file=log, width=160))
@@ -51,11 +70,12 @@ def test_bench_auth_smoke(tmp_path: Path) -> None:
         assert row["ops"] > 0, name
         assert row["errors"] == 0, (name, row["error_samples"])
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
-        assert row["platform_calls_per_op"] == PLATFORM_CALLS[name]
+        otp_call = proofs == "otp" and name == "ciba_flow"  # the wallet asks for the code
+        assert row["platform_calls_per_op"] == PLATFORM_CALLS[name] + otp_call
         assert row["target_ops_per_s"] == TARGETS[name]
     assert set(report["phases"]["ciba_flow"]["steps_p50_ms"]) == {
         "bc_authorize",
         "inbox",
         "approve",
         "token",
-    }
+    } | ({"otp"} if proofs == "otp" else set())

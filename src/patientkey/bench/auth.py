@@ -37,10 +37,16 @@ Python process (GIL): client-side costs — ES256 client assertions, the wallet'
 ML-DSA-65 approval signature and hop envelopes, TLS — compete with the platform. The
 report gives the CPU cores each process group used in each measured window.
 
-Approval uses password + device signature (two factors: assurance ``substantial``, as
-``pharmacy_dispense`` asks). TOTP codes are single use per 30 s step, so they cannot
-approve thousands of requests. The platform verifies the password with Argon2id at its
-shipped cost on every approval: by design the dominant cost of a flow.
+Approval (``--proofs``) uses two factors (assurance ``substantial``, as
+``pharmacy_dispense`` asks), either
+
+* ``password``: password + device signature. The platform verifies the password with
+  Argon2id at its shipped cost (~0.2 s) on every approval: by design the dominant cost;
+* ``otp``: an e-mail one-time code + device signature, no Argon2id. The wallet asks the
+  platform to send the code (one more platform request); the bench reads it from the
+  development gateway's outbox file (``otp_outbox``), as the patient reads their mail.
+
+TOTP codes are single use per 30 s step, so they cannot approve thousands of requests.
 
 Wallets run with ``persist=False``: the real wallet rewrites and fsyncs its whole
 keystore before every message (a client cost, and one lock per wallet, that would
@@ -51,6 +57,7 @@ patient, so no wallet is shared between threads.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import threading
@@ -83,6 +90,7 @@ from patientkey.bench.rx import (
     _write_report,
     percentile,
 )
+from patientkey.demo.network import OTP_OUTBOX
 from patientkey.errors import InvalidInput
 
 __all__ = [
@@ -96,11 +104,12 @@ __all__ = [
 #: Measured phases in the order they run.
 PHASES: Final = ("ciba_flow", "introspect")
 #: Platform requests one operation makes.
-PLATFORM_CALLS: Final = {"ciba_flow": 4, "introspect": 1}
+PLATFORM_CALLS: Final = {"ciba_flow": 4, "introspect": 1}  # --proofs otp: +1, the code
 #: Issue 4's targets on this machine (operations per second).
 TARGETS: Final = {"ciba_flow": 2600.0, "introspect": 11000.0}
 PASSWORD: Final = "bench password for approvals"  # noqa: S105 - a fixed bench account
-_STEPS: Final = ("bc_authorize", "inbox", "approve", "token")
+PROOFS: Final = ("password", "otp")
+_STEPS: Final = ("bc_authorize", "inbox", "otp", "approve", "token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,7 @@ class AuthOptions:
     workdir: Path | None = None
     json_out: Path | None = None
     pg_url: str = DEFAULT_PG_URL
+    proofs: str = "password"
 
     def check(self) -> None:
         if self.concurrency < 1 or self.workers < 1:
@@ -126,15 +136,47 @@ class AuthOptions:
             raise InvalidInput("database is sqlite or postgres")
         if self.pool_keys < 16:
             raise InvalidInput("pool_keys >= 16")
+        if self.proofs not in PROOFS:
+            raise InvalidInput(f"proofs is one of {', '.join(PROOFS)}")
+
+
+class _Outbox:
+    """The development mail gateway's outbox (one JSON line per message), read as the
+    patients read their mail: new lines only, the newest code per address."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self._codes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def code_for(self, address: str) -> str:
+        with self._lock:
+            if address not in self._codes:
+                with self._path.open("rb") as handle:
+                    handle.seek(self._offset)
+                    new = handle.read()
+                complete = new[: new.rfind(b"\n") + 1]  # a line being written waits
+                self._offset += len(complete)
+                for line in complete.splitlines():
+                    message = json.loads(line)
+                    self._codes[message["to"]] = message["code"]
+            code = self._codes.pop(address, None)
+        if code is None:
+            raise RuntimeError(f"no code was sent to {address}")
+        return code
 
 
 class _Patient:
     """One virtual patient and the pharmacy's client that asks them, driven by one thread."""
 
-    def __init__(self, user_id: str, his_id: str, wallet: Any, client: Any) -> None:
+    def __init__(
+        self, user_id: str, his_id: str, wallet: Any, client: Any, outbox: _Outbox | None
+    ) -> None:
         self.user_id = user_id
         self.wallet = wallet
         self.client = client
+        self.outbox = outbox  # None: approve with the password
         self.details = [
             {
                 "type": "health_record_access",
@@ -161,7 +203,14 @@ class _Patient:
         if not pending:
             raise RuntimeError("the request did not reach the wallet's inbox")
         t2 = time.monotonic()
-        self.wallet.authz.approve(pending[0], password=PASSWORD)
+        if self.outbox is None:
+            t_otp = t2
+            self.wallet.authz.approve(pending[0], password=PASSWORD)
+        else:
+            sent = self.wallet.authz.send_otp(pending[0].request_id, "email")
+            code = self.outbox.code_for(_address(self.user_id))
+            t_otp = time.monotonic()
+            self.wallet.authz.approve(pending[0], otp=(sent.challenge_id, code))
         t3 = time.monotonic()
         outcome = self.client.poll_once(ticket)
         t4 = time.monotonic()
@@ -169,7 +218,10 @@ class _Patient:
             raise RuntimeError(f"no token after approval: {outcome.pending}")
         if len(self.tokens) < 64:
             self.tokens.append(outcome.token.access_token)
-        return {"bc_authorize": t1 - t0, "inbox": t2 - t1, "approve": t3 - t2, "token": t4 - t3}
+        steps = {"bc_authorize": t1 - t0, "inbox": t2 - t1, "approve": t3 - t_otp}
+        if self.outbox is not None:
+            steps["otp"] = t_otp - t2
+        return {**steps, "token": t4 - t3}
 
     def introspect(self) -> None:
         """One RFC 7662 introspection of a token this pharmacy holds (must be active)."""
@@ -181,8 +233,12 @@ class _Patient:
             raise RuntimeError("an issued, unrevoked token was reported inactive")
 
 
-def _summary(result: PhaseResult, name: str, duration: float) -> dict[str, Any]:
-    calls = PLATFORM_CALLS[name]
+def _address(user_id: str) -> str:
+    return f"{user_id}@bench.example"
+
+
+def _summary(result: PhaseResult, name: str, duration: float, proofs: str) -> dict[str, Any]:
+    calls = PLATFORM_CALLS[name] + (name == "ciba_flow" and proofs == "otp")
     return {
         **_latency_summary(result, duration),
         "platform_calls_per_op": calls,
@@ -226,14 +282,15 @@ def _open_patients(
         console,
         timings,
         "identities",
-        f"opening {len(users)} wallets, enrolling password + device key each",
+        f"opening {len(users)} wallets, enrolling password, e-mail and device key each",
     ):
+        outbox = _Outbox(net.workdir / OTP_OUTBOX) if options.proofs == "otp" else None
         for user in users:
             wallet = stack.enter_context(net.wallet(user, persist=False))
-            wallet.authz.enroll_identity(password=PASSWORD)
+            wallet.authz.enroll_identity(password=PASSWORD, email=_address(user))
             client = stack.enter_context(OAuthClient.from_settings(pharmacy, timeout_s=60.0))
             client.discover()
-            patients.append(_Patient(user, net.names.hospital, wallet, client))
+            patients.append(_Patient(user, net.names.hospital, wallet, client, outbox))
     return patients
 
 
@@ -304,7 +361,7 @@ def _phase(
         time.sleep(options.duration)
         cpu = meter.stop()
         runner.join()
-    summary = _summary(box.get("result", PhaseResult()), name, options.duration)
+    summary = _summary(box.get("result", PhaseResult()), name, options.duration, options.proofs)
     console.print(
         f"[dim]{name}: {summary['ops_per_s']:,.1f} ops/s, p99 {summary['p99_ms']:.1f} ms, "
         f"{summary['errors']} errors[/]"
@@ -319,8 +376,11 @@ def _report(
     settings = {
         **_settings(options),
         "virtual_patients": options.concurrency,
-        "approval_proofs": "password (Argon2id, the platform's shipped cost) + device signature "
-        "(ML-DSA-65)",
+        "approval_proofs": {
+            "password": "password (Argon2id, the platform's shipped cost) + device signature "
+            "(ML-DSA-65)",
+            "otp": "e-mail one-time code (gateway outbox) + device signature (ML-DSA-65)",
+        }[options.proofs],
         "token_poll": "one POST /token right after approval (poll interval not waited)",
         "client_auth": "private_key_jwt (ES256), a fresh assertion per request",
         "wallet_persistence": "memory only (open_wallet(persist=False)), one wallet per thread",
@@ -394,6 +454,6 @@ def _print(console: Console, report: dict[str, Any]) -> None:
     console.print(f"targets (issue 4) reached by: {', '.join(reached) if reached else 'none'}")
     console.print(
         "[dim]clients (pharmacy OAuth + wallets) are threads of this one process and share "
-        "the machine's cores with the platform; approval verifies the password with "
-        "Argon2id every time.[/]"
+        "the machine's cores with the platform; approval: "
+        f"{report['settings']['approval_proofs']}.[/]"
     )

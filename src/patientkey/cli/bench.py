@@ -238,6 +238,11 @@ def auth(
     ),
     workdir: Workdir = None,
     pg_url: PgUrl = _PG_URL,
+    proofs: str = typer.Option(
+        "password",
+        help="Approval proofs besides the device signature: password (Argon2id) or otp "
+        "(an e-mail one-time code).",
+    ),
 ) -> None:
     """CIBA flows/s (ask → approve → token) and introspections/s over HTTPS, with p50/p99.
 
@@ -258,6 +263,7 @@ def auth(
                 workdir=workdir,
                 json_out=out,
                 pg_url=pg_url,
+                proofs=proofs,
             )
         )
 

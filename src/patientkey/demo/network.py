@@ -47,6 +47,8 @@ __all__ = ["Names", "Network"]
 
 #: The demo pharmacy's scenarios: dispensing prescriptions, and (for reports) a claim.
 PHARMACY_SCENARIOS: Final = ("pharmacy_dispense", "insurer_claim")
+#: The platform's development SMS/e-mail gateway writes here (in the work directory).
+OTP_OUTBOX: Final = "otp-outbox.log"
 PATIENT_PASSWORD: Final = "demo patient passphrase"  # noqa: S105 - the demo patient's
 
 
@@ -172,7 +174,7 @@ class Network:
                 "workers": self.platform_workers,
                 # The OAuth issuer is the URL apps use (the socket binds 127.0.0.1).
                 "issuer": self.urls[n.platform],
-                "otp_outbox": "otp-outbox.log",
+                "otp_outbox": OTP_OUTBOX,
                 **self.overrides.get(n.platform, {}),
             },
             {n.hospital: self.urls[n.hospital], n.pharmacy: self.urls[n.pharmacy]},
