@@ -79,3 +79,20 @@ def test_bench_auth_smoke(tmp_path: Path, proofs: str) -> None:
         "approve",
         "token",
     } | ({"otp"} if proofs == "otp" else set())
+
+
+def test_run_restores_the_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run() quiets the patientkey logger only while it runs, even when it fails."""
+    import logging
+
+    from patientkey.bench import auth
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("no deployment here")
+
+    monkeypatch.setattr(auth, "_deployment", broken)
+    logger = logging.getLogger("patientkey")
+    before = logger.level
+    with pytest.raises(RuntimeError):
+        run(AuthOptions())
+    assert logger.level == before

@@ -301,29 +301,35 @@ def run(options: AuthOptions, console: Console | None = None) -> dict[str, Any]:
     options.check()
     console = _default_console(console)
     # Failures are counted by type; one log line per operation would garble the output.
-    logging.getLogger("patientkey").setLevel(logging.ERROR)
-    timings: dict[str, float] = {}
-    with (
-        _deployment(
-            console,
-            timings,
-            prefix="pk-bench-auth-",
-            workdir=options.workdir,
-            workers=options.workers,
-            database=options.database,
-            pg_url=options.pg_url,
-            overrides={"platform": {"access_log": False}},
-        ) as net,
-        contextlib.ExitStack() as stack,
-    ):
-        patients = _open_patients(net, options, stack, console, timings)
-        meter = _meter(
-            net, options.database, options.pg_url, bench_clients=_pids_seconds([os.getpid()])
-        )
-        phases: dict[str, dict[str, Any]] = {}
-        cpu: dict[str, dict[str, float]] = {}
-        for name in PHASES:
-            phases[name], cpu[name] = _phase(patients, meter, name, options, console)
+    # Restored afterwards: this runs in the caller's process (a test's, say).
+    logger = logging.getLogger("patientkey")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        timings: dict[str, float] = {}
+        with (
+            _deployment(
+                console,
+                timings,
+                prefix="pk-bench-auth-",
+                workdir=options.workdir,
+                workers=options.workers,
+                database=options.database,
+                pg_url=options.pg_url,
+                overrides={"platform": {"access_log": False}},
+            ) as net,
+            contextlib.ExitStack() as stack,
+        ):
+            patients = _open_patients(net, options, stack, console, timings)
+            meter = _meter(
+                net, options.database, options.pg_url, bench_clients=_pids_seconds([os.getpid()])
+            )
+            phases: dict[str, dict[str, Any]] = {}
+            cpu: dict[str, dict[str, float]] = {}
+            for name in PHASES:
+                phases[name], cpu[name] = _phase(patients, meter, name, options, console)
+    finally:
+        logger.setLevel(level)
     report = _report(options, phases, cpu)
     report["setup_s"] = timings
     _print(console, report)

@@ -43,6 +43,7 @@ __all__ = [
     "Attempt",
     "AuditEvent",
     "Lockout",
+    "LockoutChange",
     "LockoutPolicy",
     "LockoutState",
     "LockoutStore",
@@ -97,6 +98,10 @@ class LockoutState:
         return now < self.locked_until
 
 
+LockoutChange = Callable[[LockoutState | None], LockoutState | None]
+"""A pure step from the stored state to the next one (None: no state / forget it)."""
+
+
 class LockoutStore(Protocol):
     """Where lockout states live, keyed by (user id, proof kind)."""
 
@@ -104,7 +109,7 @@ class LockoutStore(Protocol):
         self,
         user_id: str,
         proof: ProofKind,
-        change: Callable[[LockoutState | None], LockoutState | None],
+        change: LockoutChange,
     ) -> LockoutState | None:
         """Atomically replace the state by ``change(state)`` (None: forget it); return it.
 
@@ -125,7 +130,7 @@ class MemoryLockoutStore:
         self,
         user_id: str,
         proof: ProofKind,
-        change: Callable[[LockoutState | None], LockoutState | None],
+        change: LockoutChange,
     ) -> LockoutState | None:
         with self._lock:
             new = change(self._items.get((user_id, proof)))

@@ -96,7 +96,7 @@ from patientkey.identity import (
     provisioning_uri,
     verify_device_approval,
 )
-from patientkey.identity.lockout import AUDIT_KIND, LockoutState
+from patientkey.identity.lockout import AUDIT_KIND, LockoutChange, LockoutState
 from patientkey.identity.otp import OtpChallenge, check_destination
 from patientkey.identity.totp import TotpEnrollment
 from patientkey.identity.x509sig import parse_certificate
@@ -835,7 +835,7 @@ class _LockoutCalls:
         self,
         user_id: str,
         proof: ProofKind,
-        change: Callable[[LockoutState | None], LockoutState | None],
+        change: LockoutChange,
     ) -> LockoutState | None:
         return self._run(lambda repo: repo.lockout.update(user_id, proof, change))
 

@@ -82,7 +82,7 @@ from patientkey.crypto.vault import KeyVault
 from patientkey.errors import ConfigError, Conflict, CryptoError, InvalidInput, NotFound
 from patientkey.identity.assurance import ProofKind
 from patientkey.identity.device import DeviceAlgorithm, DeviceKey
-from patientkey.identity.lockout import LockoutState, LockoutStore
+from patientkey.identity.lockout import LockoutChange, LockoutState, LockoutStore
 from patientkey.identity.otp import OtpChallenge, OtpChannel, OtpStore
 from patientkey.identity.totp import TotpAlgorithm, TotpEnrollment, TotpParams, TotpStore
 from patientkey.storage.engine import Database
@@ -1246,7 +1246,7 @@ class _SqlLockout(_Part):
         self,
         user_id: str,
         proof: ProofKind,
-        change: Callable[[LockoutState | None], LockoutState | None],
+        change: LockoutChange,
     ) -> LockoutState | None:
         _check_id("user_id", user_id)
         key = {"user_id": user_id, "proof": _check_proof(proof).value}

@@ -33,7 +33,7 @@ from patientkey.authz.grants import Grant, InMemoryGrantStore
 from patientkey.errors import Conflict, NotFound
 from patientkey.identity.assurance import ProofKind
 from patientkey.identity.device import DeviceKey
-from patientkey.identity.lockout import LockoutState, MemoryLockoutStore
+from patientkey.identity.lockout import LockoutChange, LockoutState, MemoryLockoutStore
 from patientkey.identity.otp import MemoryOtpStore, OtpChallenge, OtpChannel
 from patientkey.identity.totp import MemoryTotpStore, TotpEnrollment
 from patientkey.storage.authz import (
@@ -1054,7 +1054,7 @@ class _MemoryLockout:
         self,
         user_id: str,
         proof: ProofKind,
-        change: Callable[[LockoutState | None], LockoutState | None],
+        change: LockoutChange,
     ) -> LockoutState | None:
         _check_id("user_id", user_id)
         return self._twin.update(
