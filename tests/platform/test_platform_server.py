@@ -239,6 +239,26 @@ def test_server_with_two_workers_serves_envelopes(config: Path, tmp_path: Path, 
         pass
 
 
+def test_apps_reach_oauth_without_a_certificate_but_no_envelope_route(config: Path, pki_dir: Path):
+    """Over real TLS, no client certificate: discovery answers, an envelope route is 401."""
+    with (
+        PlatformProcess(config) as platform,
+        httpx.Client(
+            base_url=platform.base_url, verify=client_ssl_context(pki_dir, None), timeout=10
+        ) as anonymous,
+    ):
+        meta = anonymous.get("/.well-known/oauth-authorization-server")
+        assert meta.status_code == 200
+        port = platform.base_url.rsplit(":", 1)[1]
+        assert meta.json()["issuer"].endswith(f":{port}")
+        assert meta.json()["token_endpoint"] == meta.json()["issuer"] + "/token"
+        refused = anonymous.post(
+            "/v1/records/list", content=b"x", headers={"content-type": "application/jose"}
+        )
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+
+
 def test_server_refuses_a_bad_config(tmp_path: Path, pki_dir: Path):
     """A config naming a hospital without a peer URL makes the server exit, not serve."""
     bad = tmp_path / "bad.toml"
