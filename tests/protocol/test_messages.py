@@ -45,7 +45,7 @@ def test_binary_fields_are_base64url_without_padding():
 def test_message_types_are_unique_and_complete():
     """Every message type name maps to exactly one model."""
     assert all(name == cls.MTYPE for name, cls in MESSAGE_TYPES.items())
-    assert len(MESSAGE_TYPES) == len({cls.MTYPE for cls in MESSAGE_TYPES.values()}) == 30
+    assert len(MESSAGE_TYPES) == len({cls.MTYPE for cls in MESSAGE_TYPES.values()}) == 32
     documented = messages.__doc__ or ""
     assert all(cls.__name__ in documented for cls in MESSAGE_TYPES.values())
 

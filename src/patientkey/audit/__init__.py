@@ -11,6 +11,8 @@ twin :class:`MemoryNodeStore`), clocks and keys are passed in.
   consistency proofs (§2.1.4.1, §2.1.4.2);
 * :mod:`~patientkey.audit.log` — :class:`MerkleLog`: amortized O(1) hashes per
   append, roots of any earlier size and proofs from O(log n) stored nodes;
+* :mod:`~patientkey.audit.entry` — :class:`LogEntry`, an event's canonical
+  (salted) bytes: the leaf the log commits to;
 * :mod:`~patientkey.audit.sth` — signed tree heads (RFC 9162 §4.10
   ``TreeHeadDataV2``, signed with Ed25519), their JSON form, and the client's
   :func:`check_consistency` and :func:`check_inclusion`.
@@ -24,6 +26,7 @@ says so loudly and carries both heads). Malformed input raises
 """
 
 from patientkey.audit._errors import ProofInvalid
+from patientkey.audit.entry import SALT_LEN, LogEntry, datetime_ms
 from patientkey.audit.log import MemoryNodeStore, MerkleLog, NodeKey, NodeStore, StoredNode
 from patientkey.audit.merkle import (
     EMPTY_ROOT,
@@ -49,6 +52,8 @@ from patientkey.audit.sth import (
 __all__ = [
     "EMPTY_ROOT",
     "HASH_LEN",
+    "SALT_LEN",
+    "LogEntry",
     "LogRewritten",
     "MemoryNodeStore",
     "MerkleLog",
@@ -61,6 +66,7 @@ __all__ = [
     "check_consistency",
     "check_inclusion",
     "consistency_proof",
+    "datetime_ms",
     "inclusion_proof",
     "leaf_hash",
     "merkle_tree_hash",

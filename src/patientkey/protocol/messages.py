@@ -45,6 +45,8 @@ AuthzDecision             wallet → platform   approve (all or part, with proof
 AuthzOutcome              platform → wallet   the grant (or the denial)
 GrantsRequest / GrantList wallet ↔ platform   the patient's grants
 GrantRevoke               wallet → platform   revoke one (answered with GrantList)
+AuditSyncRequest / AuditSync  wallet ↔ platform   the transparency log: signed head, consistency
+                          proof, every event of the account with its inclusion proof
 ========================  ==================  =========================================
 """
 
@@ -62,6 +64,9 @@ from patientkey.errors import InvalidInput, PayloadTooLarge
 __all__ = [
     "MESSAGE_TYPES",
     "AccessToken",
+    "AuditSync",
+    "AuditSyncRequest",
+    "AuditedEvent",
     "AuthzDecision",
     "AuthzOutcome",
     "B64Bytes",
@@ -102,11 +107,14 @@ __all__ = [
     "ShareReceipt",
     "ShareRelay",
     "ShareRequest",
+    "TreeHeadView",
     "decode_message",
     "encode_message",
 ]
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_MAX_U63 = 2**63 - 1
+_WEBAUTHN_JSON = 16 * 1024
 MAX_BLOB_BYTES = 3 * 1024 * 1024
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
@@ -362,6 +370,10 @@ class IdentityEnroll(Message):
     totp: bool = False  # ask for a (new) TOTP secret
     sms: str | None = Field(default=None, max_length=32)
     email: str | None = Field(default=None, max_length=254)
+    # WebAuthn (passkeys): ask for registration options, then send the browser's
+    # PublicKeyCredential (registration response JSON) back.
+    webauthn_begin: bool = False
+    webauthn_registration: str | None = Field(default=None, max_length=_WEBAUTHN_JSON)
 
 
 class IdentityState(Message):
@@ -370,6 +382,9 @@ class IdentityState(Message):
     proofs: list[ProofKindName] = Field(max_length=16)
     device_key_ids: list[str] = Field(default_factory=list, max_length=64)
     totp_uri: str | None = Field(default=None, max_length=1024)  # only right after enrolling
+    # PublicKeyCredentialCreationOptions JSON, only in answer to ``webauthn_begin``.
+    webauthn_options: str | None = Field(default=None, max_length=_WEBAUTHN_JSON)
+    webauthn_credential_ids: list[str] = Field(default_factory=list, max_length=64)
 
 
 class InboxRequest(Message):
@@ -428,6 +443,7 @@ class Proofs(Message):
     device_signature: B64Bytes | None = Field(default=None, max_length=8192)
     certificate_chain_pem: str | None = Field(default=None, max_length=32_768)
     x509_signature: B64Bytes | None = Field(default=None, max_length=1024)
+    webauthn: str | None = Field(default=None, max_length=_WEBAUTHN_JSON)  # assertion JSON
 
 
 class AuthzDecision(Message):
@@ -480,6 +496,42 @@ class GrantRevoke(Message):
     grant_id: Ident
 
 
+class TreeHeadView(Message):
+    """A signed tree head of the transparency log (``audit.sth.SignedTreeHead.to_dict``)."""
+
+    log_id: str = Field(min_length=1, max_length=255)
+    tree_size: int = Field(ge=0, le=_MAX_U63)
+    timestamp: int = Field(ge=0, le=_MAX_U63)  # ms since the epoch
+    root_hash: B64Bytes = Field(min_length=32, max_length=32)
+    signature: B64Bytes = Field(min_length=64, max_length=64)
+
+
+class AuditSyncRequest(Message):
+    MTYPE = "audit.sync"
+    user_id: Ident
+    # The size of the last tree head the wallet accepted (0: none yet).
+    known_size: int = Field(default=0, ge=0, le=_MAX_U63)
+
+
+class AuditedEvent(Message):
+    """One of the account's events: its leaf index, canonical entry and inclusion proof."""
+
+    index: int = Field(ge=0, le=_MAX_U63)
+    entry: B64Bytes = Field(min_length=1, max_length=16 * 1024)  # audit.entry.LogEntry bytes
+    proof: list[B64Bytes] = Field(max_length=64)  # against ``AuditSync.sth``
+
+
+class AuditSync(Message):
+    """The latest signed head, its consistency with ``known_size`` and every event of
+    the account, each with an inclusion proof against that head."""
+
+    MTYPE = "audit.synced"
+    sth: TreeHeadView
+    log_key: B64Bytes = Field(min_length=32, max_length=32)  # Ed25519 public key (raw)
+    consistency: list[B64Bytes] = Field(max_length=128)  # known_size -> sth.tree_size
+    events: list[AuditedEvent] = Field(max_length=100_000)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.MTYPE: cls
     for cls in (
@@ -513,6 +565,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         GrantsRequest,
         GrantList,
         GrantRevoke,
+        AuditSyncRequest,
+        AuditSync,
     )
 }
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "AUDIT_CONSISTENCY",
+    "AUDIT_INCLUSION",
+    "AUDIT_STH",
+    "AUDIT_SYNC",
     "AUTHZ_DECIDE",
     "AUTHZ_INBOX",
     "AUTHZ_OTP",
@@ -55,6 +59,12 @@ AUTHZ_OTP: Final = "/v1/authz/otp"
 AUTHZ_DECIDE: Final = "/v1/authz/decide"
 GRANTS_LIST: Final = "/v1/grants/list"
 GRANTS_REVOKE: Final = "/v1/grants/revoke"
+# The transparency log: the account's events in a hop envelope; heads and proofs
+# (hashes only, no event content) as plain GETs any party may check.
+AUDIT_SYNC: Final = "/v1/audit/sync"
+AUDIT_STH: Final = "/v1/audit/sth"
+AUDIT_INCLUSION: Final = "/v1/audit/proof/inclusion"
+AUDIT_CONSISTENCY: Final = "/v1/audit/proof/consistency"
 # OAuth 2 / OpenID CIBA endpoints (plain HTTPS, client authentication private_key_jwt).
 OAUTH_METADATA: Final = "/.well-known/oauth-authorization-server"
 OIDC_METADATA: Final = "/.well-known/openid-configuration"
