@@ -20,6 +20,7 @@ MODULES = [
     "patientkey.identity.password",
     "patientkey.identity.totp",
     "patientkey.identity.x509sig",
+    "patientkey.identity.webauthn",
 ]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from joserfc.jwk import ECKey
 
@@ -66,6 +67,7 @@ from patientkey.keysupply.pq import PqResponder
 from patientkey.keysupply.rekey import HopReceiver, HopSender
 from patientkey.kme.core import KmeCore, Limits
 from patientkey.platform.app import create_app
+from patientkey.platform.audit import TransparencyLog
 from patientkey.platform.authorization import AuthorizationServer, AuthzKeys
 from patientkey.platform.core import BindLimits, PlatformCore
 from patientkey.platform.kue import (
@@ -363,6 +365,7 @@ class World:
         responder: PqResponder | None = None,
         clock: Any = time.time,
         pinger: Any = None,
+        authz_store: Any = None,
     ) -> None:
         self.store = store
         self.pki = pki
@@ -402,8 +405,9 @@ class World:
             return PeerClient(self.hop, name, "https://testserver", http=http)
 
         ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
-        # The authorization unit, real, over its in-memory store (OTP codes to a sink).
-        self.authz_store = memory.authz_store()
+        # The authorization unit, real, over its in-memory store (OTP codes to a sink);
+        # ``authz_store`` on the platform's database puts its events in the same log.
+        self.authz_store = memory.authz_store() if authz_store is None else authz_store
         self.otp_sink = MemorySink()
         self.authz = AuthorizationServer(
             self.authz_store,
@@ -426,8 +430,16 @@ class World:
             limits=limits,
             ca_certificate=ca,
         )
+        self.audit = TransparencyLog(
+            store, Ed25519PrivateKey.generate(), is_wallet=self.core.is_wallet, clock=clock
+        )
         self.app = create_app(
-            self.core, self.hop, authz=self.authz, pq=self.pq, max_body_bytes=8 * 1024 * 1024
+            self.core,
+            self.hop,
+            authz=self.authz,
+            pq=self.pq,
+            audit=self.audit,
+            max_body_bytes=8 * 1024 * 1024,
         )
 
     # set-up helpers

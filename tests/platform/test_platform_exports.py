@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["app", "cli", "core", "kue", "server", "settings"]
+MODULES = ["app", "audit", "cli", "core", "kue", "server", "settings"]
 SOURCE = Path(importlib.import_module("patientkey.platform").__file__ or "").parent
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from platform_world import PARTIES, FakeThirdParty
 from typer.testing import CliRunner
 
+from patientkey.audit import SignedTreeHead, check_consistency, verify_tree_head
 from patientkey.keysupply.hopkey import QkdPolicy
 from patientkey.keysupply.pool import KeyPool
 from patientkey.keysupply.rekey import HopReceiver, HopSender
@@ -269,3 +271,35 @@ def test_server_refuses_a_bad_config(tmp_path: Path, pki_dir: Path):
     )
     with pytest.raises(RuntimeError, match="exited with 2"), PlatformProcess(bad, timeout=20):
         pass
+
+
+def _signed_head(pki_dir: Path, base_url: str) -> tuple[SignedTreeHead, str]:
+    with _https(pki_dir, None, base_url) as client:  # hashes only: no certificate needed
+        body = client.get("/v1/audit/sth").json()
+    log_key = body.pop("log_key")
+    return SignedTreeHead.from_dict(body), log_key
+
+
+def test_transparency_log_key_is_kept_and_heads_verify(config: Path, tmp_path: Path, pki_dir: Path):
+    """Over real TLS, every worker signs heads with the keystore's audit key, kept on restart."""
+    out = str(tmp_path / "bob.pool.json")
+    _invoke(
+        "charge-wallet", "--config", str(config), "--user", "u-bob", "--count", "4", "--out", out
+    )
+    with PlatformProcess(config, workers=2) as platform:
+        heads = [_signed_head(pki_dir, platform.base_url) for _ in range(4)]
+    keys = {log_key for _, log_key in heads}
+    assert len(keys) == 1
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(keys.pop() + "="))
+    for head, _ in heads:
+        verify_tree_head(public, head)
+    assert heads[-1][0].head.size > 0  # the charge's events are leaves
+    with PlatformProcess(config) as again:
+        later, log_key = _signed_head(pki_dir, again.base_url)
+        with _https(pki_dir, None, again.base_url) as client:
+            sizes = {"first": heads[0][0].head.size, "second": later.head.size}
+            proof = client.get("/v1/audit/proof/consistency", params=sizes).json()["proof"]
+    assert (later.log_id, log_key) == (heads[0][0].log_id, heads[0][1])
+    check_consistency(
+        heads[0][0], later, [base64.urlsafe_b64decode(h + "=") for h in proof], public
+    )

@@ -11,7 +11,7 @@ from patientkey.storage.engine import open_database, version_table
 from patientkey.storage.schema import METADATA, Party
 
 HEADS = {
-    Party.PLATFORM: "platform_0005",
+    Party.PLATFORM: "platform_0007",
     Party.HOSPITAL: "hospital_0001",
     Party.THIRDPARTY: "thirdparty_0001",
 }
@@ -107,7 +107,7 @@ def _check_totp_sealing_upgrade(db) -> None:
         conn.execute(text("DELETE FROM totp_enrollments"))
         conn.commit()
     db.upgrade()
-    assert db.current_revision() == "platform_0005"
+    assert db.current_revision() == HEADS[Party.PLATFORM]
     assert db.schema_diff() == []
 
 

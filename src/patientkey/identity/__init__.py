@@ -14,6 +14,9 @@ identity proofs and derives the assurance level they reach:
   and the request id (:mod:`~patientkey.identity.challenge`);
 * :mod:`~patientkey.identity.x509sig` — the same challenge signed with an
   X.509 certificate key, the certificate validated to a configured CA;
+* :mod:`~patientkey.identity.webauthn` — passkeys (WebAuthn): face or fingerprint
+  on the patient's device, user verification required, the assertion over a digest
+  of the same challenge;
 * :mod:`~patientkey.identity.assurance` — proof kinds, levels low /
   substantial / high and their ``acr`` values;
 * :mod:`~patientkey.identity.lockout` — growing lockout of failed proofs and
@@ -77,6 +80,7 @@ from patientkey.identity.totp import (
     new_totp_enrollment,
     provisioning_uri,
 )
+from patientkey.identity.webauthn import WebAuthnCredential, WebAuthnPolicy
 from patientkey.identity.x509sig import (
     CertificateBinding,
     CertificateSignatureVerifier,
@@ -118,6 +122,8 @@ __all__ = [
     "TotpStore",
     "TotpVerifier",
     "VerifiedCertificate",
+    "WebAuthnCredential",
+    "WebAuthnPolicy",
     "acr_for",
     "amr_for",
     "canonical_json",

@@ -11,7 +11,10 @@ envelopes, and never carrying private data:
 * the OAuth 2 / OpenID CIBA endpoints of the authorization unit (``platform.oauth``):
   discovery, JWKS, ``/bc-authorize``, ``/token``, ``/introspect``, ``/revoke`` — plain
   HTTPS with ``private_key_jwt``, the one part of the API apps without a PatientKey
-  certificate reach.
+  certificate reach;
+* the transparency log's signed tree head and proofs (``platform.audit``): plain GETs
+  of hashes only, for anyone to check; a wallet's own events come in the
+  ``/v1/audit/sync`` envelope.
 
 The patient's side of authorization (enrollment of proofs, the inbox, decisions,
 grants) travels in hop envelopes like every other wallet operation.
@@ -25,7 +28,7 @@ import base64
 from collections.abc import Callable
 from typing import Annotated, Any, Final, TypeVar
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -33,12 +36,15 @@ from starlette.concurrency import run_in_threadpool
 from patientkey import __version__
 from patientkey.errors import Forbidden
 from patientkey.keysupply.pq import PQ_INIT_LEN
+from patientkey.platform.audit import TransparencyLog
 from patientkey.platform.authorization import AuthorizationServer
 from patientkey.platform.core import PlatformCore
 from patientkey.platform.kue import PqExchanges
 from patientkey.platform.oauth import install_oauth_routes
 from patientkey.protocol.channel import HopEnd, Incoming
 from patientkey.protocol.messages import (
+    AuditSync,
+    AuditSyncRequest,
     AuthzDecision,
     AuthzOutcome,
     B64Bytes,
@@ -70,6 +76,10 @@ from patientkey.protocol.messages import (
     ShareRequest,
 )
 from patientkey.protocol.routes import (
+    AUDIT_CONSISTENCY,
+    AUDIT_INCLUSION,
+    AUDIT_STH,
+    AUDIT_SYNC,
     AUTHZ_DECIDE,
     AUTHZ_INBOX,
     AUTHZ_OTP,
@@ -97,7 +107,15 @@ from patientkey.service.http import (
 )
 from patientkey.service.tls import caller_name
 
-__all__ = ["PqExchangeReply", "PqInit", "PqPublic", "create_app"]
+__all__ = [
+    "AuditConsistencyProof",
+    "AuditInclusionProof",
+    "AuditTreeHead",
+    "PqExchangeReply",
+    "PqInit",
+    "PqPublic",
+    "create_app",
+]
 
 M = TypeVar("M", bound=Message)
 
@@ -133,7 +151,39 @@ class PqExchangeReply(BaseModel):
     exchange_id: str
 
 
+_U63: Final = 2**63 - 1
+
+
+class AuditTreeHead(BaseModel):
+    """``GET /v1/audit/sth``: the latest signed tree head (RFC 9162 §4.10, signed with
+    Ed25519 as ``audit.sth`` describes) and the log's public key."""
+
+    log_id: str
+    tree_size: int = Field(ge=0)
+    timestamp: int = Field(ge=0, description="ms since the epoch")
+    root_hash: str = Field(description="base64url, 32 bytes")
+    signature: str = Field(description="base64url, 64 bytes (Ed25519)")
+    log_key: str = Field(description="base64url, the log's raw Ed25519 public key (32 bytes)")
+
+
+class AuditInclusionProof(BaseModel):
+    """``GET /v1/audit/proof/inclusion``: PATH(leaf_index, D[tree_size]) (RFC 9162 §2.1.3)."""
+
+    leaf_index: int = Field(ge=0)
+    tree_size: int = Field(ge=1)
+    proof: list[str] = Field(description="base64url hashes, leaf to root")
+
+
+class AuditConsistencyProof(BaseModel):
+    """``GET /v1/audit/proof/consistency``: PROOF(first, D[second]) (RFC 9162 §2.1.4)."""
+
+    first: int = Field(ge=0)
+    second: int = Field(ge=0)
+    proof: list[str] = Field(description="base64url hashes")
+
+
 Caller = Annotated[str, Depends(caller_name)]
+Size = Annotated[int, Query(ge=0, le=_U63)]
 
 
 def create_app(
@@ -142,6 +192,7 @@ def create_app(
     *,
     authz: AuthorizationServer,
     pq: PqExchanges | None = None,
+    audit: TransparencyLog | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
 ) -> FastAPI:
     """The platform's ASGI application."""
@@ -196,6 +247,8 @@ def create_app(
 
     if pq is not None:
         _pq_routes(app, core, pq)
+    if audit is not None:
+        _audit_routes(app, hop, audit)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
@@ -238,6 +291,40 @@ def _authz_routes(app: FastAPI, hop: HopEnd, authz: AuthorizationServer) -> None
     route(AUTHZ_DECIDE, AuthzDecision, AuthzOutcome, decide, "Approve (with proofs) or deny")
     route(GRANTS_LIST, GrantsRequest, GrantList, grants, "The patient's grants")
     route(GRANTS_REVOKE, GrantRevoke, GrantList, revoke, "Revoke a grant")
+
+
+def _audit_routes(app: FastAPI, hop: HopEnd, audit: TransparencyLog) -> None:
+    """The transparency log: the wallet's sync in an envelope, heads and proofs in GETs."""
+
+    def sync(incoming: Incoming[AuditSyncRequest]) -> Message:
+        return audit.sync(incoming.sender, incoming.message)
+
+    envelope_route(
+        app,
+        AUDIT_SYNC,
+        hop=hop,
+        expected=AuditSyncRequest,
+        handler=sync,
+        reply=AuditSync,
+        summary="My events in the transparency log, with a signed head and proofs",
+    )
+    bad_size: dict[int | str, dict[str, Any]] = {
+        400: {"content": {PROBLEM_JSON: {}}, "description": "a size or index outside the log"}
+    }
+
+    @app.get(AUDIT_STH, summary="The transparency log's latest signed tree head")
+    async def audit_sth() -> AuditTreeHead:
+        return AuditTreeHead.model_validate(await run_in_threadpool(audit.sth))
+
+    @app.get(AUDIT_INCLUSION, summary="Inclusion proof of a leaf", responses=bad_size)
+    async def audit_inclusion(index: Size, tree_size: Size) -> AuditInclusionProof:
+        found = await run_in_threadpool(audit.inclusion, index, tree_size)
+        return AuditInclusionProof.model_validate(found)
+
+    @app.get(AUDIT_CONSISTENCY, summary="Consistency proof of two tree sizes", responses=bad_size)
+    async def audit_consistency(first: Size, second: Size) -> AuditConsistencyProof:
+        found = await run_in_threadpool(audit.consistency, first, second)
+        return AuditConsistencyProof.model_validate(found)
 
 
 def _pq_routes(app: FastAPI, core: PlatformCore, pq: PqExchanges) -> None:

@@ -13,7 +13,7 @@ method                       what
                              access token, issued once
 ``introspect`` / ``revoke``  RFC 7662 / RFC 7009
 ``enroll``                   the patient enrolls proofs: password, device key, TOTP,
-                             certificate, SMS/email contacts (wallet hop)
+                             certificate, SMS/email contacts, passkeys (wallet hop)
 ``inbox``                    pending requests for the wallet, long-polled
 ``send_otp``                 a one-time code through the SMS/email gateway
 ``decide``                   the patient approves (all or part, with proofs) or denies
@@ -99,6 +99,15 @@ from patientkey.identity import (
 from patientkey.identity.lockout import AUDIT_KIND, LockoutChange, LockoutState
 from patientkey.identity.otp import OtpChallenge, check_destination
 from patientkey.identity.totp import TotpEnrollment
+from patientkey.identity.webauthn import (
+    REGISTRATION_CHALLENGE_LEN,
+    WebAuthnCredential,
+    WebAuthnPolicy,
+    assertion_credential_id,
+    registration_options,
+    verify_assertion,
+    verify_registration,
+)
 from patientkey.identity.x509sig import parse_certificate
 from patientkey.protocol.messages import (
     AuthzDecision,
@@ -130,6 +139,9 @@ T = TypeVar("T")
 _NONCE_LABEL: Final = b"patientkey/authz/approval-nonce/v1"
 _ENV_LABEL: Final = b"patientkey/authz/environment/v1"
 _ISSUER_NAME: Final = "PatientKey"
+# A passkey registration's challenge is good for this long (the browser's own timeout
+# is 120 s; the rest is for the patient reading the prompt), and for one use.
+_WEBAUTHN_REGISTRATION_TTL: Final = 300
 _LONG_POLL_SLICE: Final = 0.5  # re-read the store this often (other workers' requests)
 # A held long poll occupies one of the 40 threads of the server's pool: at most this many
 # wait at once, the others answer at once (the wallet polls again).
@@ -172,8 +184,10 @@ class _Users:
         self._repo = repo
 
     def lookup(self, user_id: str) -> ciba.UserEntry | None:
-        known = self._repo.credentials.password_hash(user_id) is not None or bool(
-            self._repo.credentials.device_keys(user_id)
+        known = (
+            self._repo.credentials.password_hash(user_id) is not None
+            or bool(self._repo.credentials.device_keys(user_id))
+            or bool(self._repo.webauthn.for_user(user_id))
         )
         return ciba.UserEntry(user_id=user_id) if known else None
 
@@ -198,6 +212,7 @@ class AuthorizationServer:
         x509_trust: CertificateSignatureVerifier | None = None,
         pinger: Callable[[ciba.Ping], None] | None = None,
         assertion_max_lifetime: int = 3600,
+        webauthn: WebAuthnPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -215,6 +230,7 @@ class AuthorizationServer:
         )
         self._lockout_policy = lockout or LockoutPolicy()
         self._x509 = x509_trust
+        self._webauthn = webauthn or WebAuthnPolicy()
         self._pinger = pinger
         # One hour: common client libraries (Authlib) sign assertions that long; the
         # jti is remembered until exp, so a longer life never means a replay.
@@ -350,7 +366,12 @@ class AuthorizationServer:
     # ── the patient: enrollment ─────────────────────────────────────────────────────
 
     def enroll(self, caller: str, request: IdentityEnroll, *, network: str) -> IdentityState:
-        """Enroll (or add) the patient's proofs. Replacing a password needs the current one."""
+        """Enroll (or add) the patient's proofs. Replacing a password needs the current one.
+
+        Passkeys take two calls: ``webauthn_begin`` answers the creation options (a fresh
+        challenge, kept briefly), ``webauthn_registration`` brings the browser's answer.
+        Like a device key, a passkey is added on the wallet's authenticated hop alone.
+        """
         user = _own(caller, request.user_id)
         device = (
             DeviceKey.from_pem(request.device_key_pem.encode()) if request.device_key_pem else None
@@ -368,6 +389,7 @@ class AuthorizationServer:
             current = request.current_password or ""
             check = [(ProofKind.PASSWORD, lambda: self._password(user, current))]
             self._attempts(user, check, request_id=None)
+        passkey = self._passkey_registration(user, request)
         new_hash = self._passwords.hash(request.password) if request.password else None
         totp_uri: str | None = None
         now = self._now()
@@ -387,9 +409,10 @@ class AuthorizationServer:
                 enrollment = new_totp_enrollment()
                 repo.totp.put(user, enrollment)
                 totp_uri = provisioning_uri(enrollment, user, _ISSUER_NAME)
+            webauthn_options = self._passkey_enroll(repo, user, passkey, request, now)
             if creds.environment(user) is None:
                 creds.set_environment(user, self._fingerprint(request.environment, network))
-            state = self._identity(repo, user, totp_uri)
+            state = self._identity(repo, user, totp_uri, webauthn_options)
             repo.log_event(
                 "identity.enroll",
                 user,
@@ -397,8 +420,53 @@ class AuthorizationServer:
             )
         return state
 
+    def _passkey_registration(
+        self, user: str, request: IdentityEnroll
+    ) -> WebAuthnCredential | None:
+        """The passkey of a registration answer, checked against the challenge kept for it
+        (taken, so used once, even when the answer is refused); None without an answer."""
+        response = request.webauthn_registration
+        if response is None:
+            return None
+        if request.webauthn_begin:
+            raise InvalidInput("begin a passkey registration or complete one, not both")
+        challenge = self._calls.run(lambda repo: repo.webauthn.take_challenge(user, self._now()))
+        if challenge is None:
+            raise Conflict("no passkey registration under way (or it expired): begin again")
+        # Verified with no transaction open, like every proof.
+        return verify_registration(self._webauthn, response, challenge)
+
+    def _passkey_enroll(
+        self,
+        repo: AuthzRepository,
+        user: str,
+        passkey: WebAuthnCredential | None,
+        request: IdentityEnroll,
+        now: int,
+    ) -> str | None:
+        """Store a verified passkey; for ``webauthn_begin``, creation options with a fresh
+        challenge, kept for one registration."""
+        if passkey is not None:
+            repo.webauthn.add(user, passkey, now)
+        if not request.webauthn_begin:
+            return None
+        challenge = secrets.token_bytes(REGISTRATION_CHALLENGE_LEN)
+        repo.webauthn.put_challenge(user, challenge, now + _WEBAUTHN_REGISTRATION_TTL)
+        return registration_options(
+            self._webauthn,
+            user_id=user,
+            user_name=user,
+            exclude_ids=[c.credential_id for c in repo.webauthn.for_user(user)],
+            challenge=challenge,
+        )
+
     @staticmethod
-    def _identity(repo: AuthzRepository, user: str, totp_uri: str | None) -> IdentityState:
+    def _identity(
+        repo: AuthzRepository,
+        user: str,
+        totp_uri: str | None,
+        webauthn_options: str | None = None,
+    ) -> IdentityState:
         creds = repo.credentials
         kinds: list[Any] = []
         if creds.password_hash(user) is not None:
@@ -414,11 +482,16 @@ class AuthorizationServer:
             kinds.append(ProofKind.DEVICE_SIGNATURE.value)
         if creds.certificate(user) is not None:
             kinds.append(ProofKind.X509_SIGNATURE.value)
+        passkeys = repo.webauthn.for_user(user)
+        if passkeys:
+            kinds.append(ProofKind.WEBAUTHN.value)
         return IdentityState(
             user_id=user,
             proofs=kinds,
             device_key_ids=[key.key_id for key in keys],
             totp_uri=totp_uri,
+            webauthn_options=webauthn_options,
+            webauthn_credential_ids=[c.credential_id_b64 for c in passkeys],
         )
 
     # ── the patient: inbox ───────────────────────────────────────────────────────────
@@ -508,6 +581,37 @@ class AuthorizationServer:
             raise Conflict(f"authorization request is {state}")
         if request.decision == "deny":
             return self._deny(pending, user, now)
+        try:
+            return self._approve(pending, user, request, network=network, now=now)
+        except InsufficientUserAuthentication as exc:
+            # The demand for more proof is an event of its own (RFC 9470 step-up); the
+            # approval's transaction was rolled back, so it is recorded in a new one.
+            with self._store.transaction() as repo:
+                _record(
+                    repo,
+                    AuditEvent(
+                        kind=AuditKind.STEP_UP,
+                        at=now,
+                        user_id=user,
+                        client_id=pending.client_id,
+                        request_id=pending.request_id,
+                        scenario=pending.decision.scenario.name,
+                        actor=user,
+                        acr=exc.acr_values[0] if exc.acr_values else None,
+                        detail=exc.detail,
+                    ),
+                )
+            raise
+
+    def _approve(
+        self,
+        pending: ciba.AuthRequest,
+        user: str,
+        request: AuthzDecision,
+        *,
+        network: str,
+        now: int,
+    ) -> AuthzOutcome:
         approved = (
             None
             if request.authorization_details is None
@@ -672,6 +776,9 @@ class AuthorizationServer:
             out.append(
                 (ProofKind.X509_SIGNATURE, lambda: self._certificate(user, proofs, challenge))
             )
+        if proofs.webauthn is not None:
+            assertion = proofs.webauthn
+            out.append((ProofKind.WEBAUTHN, lambda: self._passkey(user, assertion, challenge)))
         return out
 
     def _password(self, user: str, password: str) -> None:
@@ -686,6 +793,23 @@ class AuthorizationServer:
         if key is None:
             raise ProofRejected("device: no such enrolled key")
         verify_device_approval(key, challenge, proofs.device_signature or b"")
+
+    def _passkey(self, user: str, assertion: str, challenge: ApprovalChallenge) -> None:
+        """A passkey assertion over the derived challenge (``identity.webauthn``); its new
+        sign count recorded by compare-and-set, so of two uses of one counter value only
+        one counts. (A counter of 0 stays 0: a replay is then stopped by the request's own
+        compare-and-set, since the challenge names the request.)"""
+        credential_id = assertion_credential_id(assertion)
+        stored = self._calls.run(lambda repo: repo.webauthn.get(user, credential_id))
+        if stored is None:
+            raise ProofRejected("webauthn: no such passkey of this user")
+        count = verify_assertion(self._webauthn, assertion, challenge, stored, user_id=user)
+        if not self._calls.run(
+            lambda repo: repo.webauthn.swap_sign_count(
+                user, credential_id, stored.sign_count, count
+            )
+        ):
+            raise ProofRejected("webauthn: the sign count moved meanwhile")
 
     def _certificate(self, user: str, proofs: Proofs, challenge: ApprovalChallenge) -> None:
         enrolled = self._calls.run(lambda repo: repo.credentials.certificate(user))

@@ -34,7 +34,10 @@ Each operation's state changes happen in one store transaction, and only after
 the checks (and the peer's cryptographic answer) succeeded; where a peer must be
 asked, nothing is held open during the call: a read transaction checks, the peer
 answers, a second transaction writes (first writer wins). Every successful
-operation appends an event with identifiers and counts only.
+operation appends an event with identifiers and counts only; those events are the
+leaves of the transparency log (``platform.audit``), so a patient's wallet can keep
+an accounting of disclosures: each share and dispense event names the third party
+(``b_id``), the record (``his_id``, ``p_id``) and the ``grant_id`` it happened under.
 
 Peers are reached through :class:`PeerPort` (``PeerClient`` in production,
 in-process clients in tests); a peer's error arrives as the same exception class
@@ -127,16 +130,30 @@ class PeerPort(Protocol):
     def call(self, path: str, message: Message, reply: type[M]) -> M: ...
 
 
+class GrantRef(Protocol):
+    """The grant a share or a use happened under (``authz.grants.Grant`` has this shape)."""
+
+    @property
+    def grant_id(self) -> str: ...
+
+
+class UseRef(Protocol):
+    """An accepted use of an access token (``authz.grants.Use`` has this shape)."""
+
+    @property
+    def grant(self) -> GrantRef: ...
+
+
 class GrantGate(Protocol):
     """The authorization unit's live checks (``platform.authorization``)."""
 
     def require_grant(
         self, *, user_id: str, client_id: str, action: Action, record: RecordRef
-    ) -> object: ...
+    ) -> GrantRef: ...
 
     def check_use(
         self, token: str | None, *, client_id: str, action: Action, record: RecordRef, owner: str
-    ) -> object: ...
+    ) -> UseRef: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +368,7 @@ class PlatformCore:
             if check is not None:
                 check(repo, record)
             stored = repo.store_sealed(his, p_id, reply.sealed)  # first writer wins
+            repo.log_event("record.stored", user, {"his_id": his, "p_id": p_id})
             repo.log_event(event, user, {"his_id": his, "p_id": p_id, "from_his": True, **detail})
         return stored
 
@@ -364,7 +382,7 @@ class PlatformCore:
             ref = _ref(self._owned(repo, request.user_id, request.his_id, request.p_id))
         # Before the HIS is asked for anything; the gate has its own transaction, never
         # nested in one of ours (SQLite's write lock).
-        self._grants.require_grant(
+        grant = self._grants.require_grant(
             user_id=request.user_id, client_id=request.b_id, action=_SHARE_ACTION, record=ref
         )
         record = self._sealed(
@@ -372,7 +390,7 @@ class PlatformCore:
             his=request.his_id,
             p_id=request.p_id,
             event="share.offer",
-            detail={"b_id": request.b_id},
+            detail={"b_id": request.b_id, "grant_id": grant.grant_id},
             check=_not_completed,
         )
         assert record.sealed is not None
@@ -401,7 +419,7 @@ class PlatformCore:
         if record.sealed is None:
             raise Conflict("ask for a share offer first")
         # Checked again at delivery: a grant revoked since the offer stops the share.
-        self._grants.require_grant(
+        grant = self._grants.require_grant(
             user_id=user, client_id=b_id, action=_SHARE_ACTION, record=_ref(record)
         )
         _check_delivery(record.sealed, request)
@@ -423,6 +441,7 @@ class PlatformCore:
             "his_id": his,
             "p_id": p_id,
             "b_id": b_id,
+            "grant_id": grant.grant_id,
             "kind": request.kind,
             "kub_version": receipt.kub_version,
             "accepted": receipt.accepted,
@@ -463,7 +482,7 @@ class PlatformCore:
         his, p_id, b_id = request.his_id, request.p_id, request.b_id
         with self._store.transaction() as repo:
             _, owners = _shared_claim(repo, his, p_id, b_id)
-        self._grants.check_use(
+        use = self._grants.check_use(
             request.access_token,
             client_id=b_id,
             action="use",
@@ -486,7 +505,13 @@ class PlatformCore:
             repo.log_event(
                 f"dispense.{event.value}",
                 owners[0],
-                {"his_id": his, "p_id": p_id, "b_id": b_id, "state": new.state.value},
+                {
+                    "his_id": his,
+                    "p_id": p_id,
+                    "b_id": b_id,
+                    "grant_id": use.grant.grant_id,
+                    "state": new.state.value,
+                },
             )
         return DispenseState(
             his_id=his, p_id=p_id, state=_STATES[new.state.value], claimed_by=new.claimed_by

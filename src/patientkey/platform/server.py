@@ -26,12 +26,15 @@ what they cannot:
   the platform should use a fresh key per message (``rekey_messages = 1``, the
   default); PQ-only wallet sessions work in every worker (see above).
 
-The keys: with ``keystore`` set, the PQ responder key and the authorization unit's
-keys (access-token signing key, MAC secret) are kept in that encrypted keystore
+The keys: with ``keystore`` set, the PQ responder key, the authorization unit's
+keys (access-token signing key, MAC secret) and the transparency log's tree-head
+signing key (``audit_signing``) are kept in that encrypted keystore
 (passphrase from ``PATIENTKEY_PASSPHRASE``; created on first start); without, new keys
 are generated at every start: wallets must redo the PQ exchange (their envelopes under
-an old exchange fail as crypto-failure), earlier access tokens stop verifying, and TOTP
-enrollments (sealed at rest under a key derived from the MAC secret) no longer open.
+an old exchange fail as crypto-failure), earlier access tokens stop verifying, TOTP
+enrollments (sealed at rest under a key derived from the MAC secret) no longer open, and
+the transparency log gets a new key (and so a new log id): wallets that pinned the old
+one refuse its heads.
 
 TLS: the platform asks for, but does not require, a client certificate, because apps
 reach its OAuth endpoints with ``private_key_jwt`` alone; every envelope route requires
@@ -66,6 +69,7 @@ from patientkey.keysupply.etsi014 import Etsi014Client
 from patientkey.keysupply.pq import PqResponder
 from patientkey.pki import client_ssl_context
 from patientkey.platform.app import create_app
+from patientkey.platform.audit import TransparencyLog
 from patientkey.platform.authorization import AuthorizationServer, AuthzKeys
 from patientkey.platform.core import BindLimits, PeerPort, PlatformCore
 from patientkey.platform.kue import (
@@ -106,6 +110,7 @@ log = logging.getLogger(__name__)
 _PQ_SECRET = "pq_responder"  # noqa: S105 - the keystore entry's name
 _AUTHZ_SIGNING = "authz_signing"  # the access-token signing key (Ed25519, raw)
 _AUTHZ_SECRET = "authz_secret"  # noqa: S105 - the keystore entry's name
+_AUDIT_SIGNING = "audit_signing"  # the transparency log's tree-head key (Ed25519, raw)
 _BACKLOG = 2048
 
 
@@ -120,6 +125,7 @@ class PlatformRuntime:
     pq: PqExchanges
     app: FastAPI
     authz: AuthorizationServer
+    audit: TransparencyLog
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -134,6 +140,7 @@ class PlatformKeys:
 
     responder: PqResponder
     authz: AuthzKeys
+    audit: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
 
 
 def load_keys(settings: PlatformSettings) -> PlatformKeys:
@@ -166,17 +173,23 @@ def load_keys(settings: PlatformSettings) -> PlatformKeys:
             if _AUTHZ_SIGNING in stored and _AUTHZ_SECRET in stored
             else AuthzKeys.generate()
         )
+        audit = (
+            Ed25519PrivateKey.from_private_bytes(stored[_AUDIT_SIGNING])
+            if _AUDIT_SIGNING in stored
+            else Ed25519PrivateKey.generate()
+        )
     except (InvalidInput, ValueError) as exc:
         raise ConfigError(f"{settings.keystore}: a stored key is damaged") from exc
     wanted = {
         _PQ_SECRET: responder.private_bytes(),
         _AUTHZ_SIGNING: authz.signing_key.private_bytes_raw(),
         _AUTHZ_SECRET: authz.secret,
+        _AUDIT_SIGNING: audit.private_bytes_raw(),
     }
     if stored != wanted:
         write_keystore(settings.keystore, passphrase, wanted)
         log.info("platform keys kept in %s", settings.keystore)
-    return PlatformKeys(responder, authz)
+    return PlatformKeys(responder, authz, audit)
 
 
 def issuer_of(settings: PlatformSettings, port: int) -> str:
@@ -214,6 +227,7 @@ def build_authorization(
         token_lifetime=settings.token_lifetime_s,
         x509_trust=x509_trust,
         pinger=pinger,
+        webauthn=settings.webauthn_policy(),
     )
     return server, pinger.close
 
@@ -286,8 +300,11 @@ def build_runtime(
         ),
         ca_certificate=ca_certificate(settings),
     )
-    app = create_app(core, hop, authz=authz, pq=pq, max_body_bytes=settings.max_body_bytes)
-    return PlatformRuntime(settings, db, core, hop, pq, app, authz, closers)
+    audit = TransparencyLog(store, keys.audit, is_wallet=core.is_wallet)
+    app = create_app(
+        core, hop, authz=authz, pq=pq, audit=audit, max_body_bytes=settings.max_body_bytes
+    )
+    return PlatformRuntime(settings, db, core, hop, pq, app, authz, audit, closers)
 
 
 def _prepare(settings: PlatformSettings) -> PlatformKeys:

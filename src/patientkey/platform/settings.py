@@ -23,6 +23,8 @@ Example (paths relative to the file)::
     x509_trust = "eid-ca.pem"        # optional: CAs of patients' signature certificates
     notification_ca = "client-ca.pem"  # optional: CAs of CIBA ping endpoints (else system)
     token_lifetime_s = 300
+    webauthn_rp_id = "localhost"     # passkeys: the wallet UI's host name (WebAuthn RP ID)
+    webauthn_origins = []            # empty: any http://localhost:<port>, https://<rp_id>[:port]
     [peers.hospital-1]
     url = "https://localhost:9002"
     [peers.pharmacy-1]
@@ -41,6 +43,8 @@ from typing import Self
 from cryptography import x509
 from pydantic import Field, model_validator
 
+from patientkey.errors import InvalidInput
+from patientkey.identity.webauthn import WebAuthnPolicy
 from patientkey.keysupply.hopkey import QkdPolicy
 from patientkey.pki import valid_party_name
 from patientkey.service.party import PartySettings, load_settings
@@ -75,6 +79,9 @@ class PlatformSettings(PartySettings):
     x509_trust: Path | None = None
     notification_ca: Path | None = None
     token_lifetime_s: int = Field(300, ge=10, le=3600)
+    # Empty origins: the wallet UI picks its port at run time (see identity.webauthn).
+    webauthn_rp_id: str = Field("localhost", min_length=1, max_length=253)
+    webauthn_origins: list[str] = Field(default_factory=list, max_length=32)
 
     @model_validator(mode="after")
     def _roles(self) -> Self:
@@ -94,6 +101,18 @@ class PlatformSettings(PartySettings):
         ):
             raise ValueError("a hospital or third party is listed twice")
         return self
+
+    @model_validator(mode="after")
+    def _webauthn(self) -> Self:
+        self.webauthn_policy()  # refuses a bad RP ID or origin at load, not at first use
+        return self
+
+    def webauthn_policy(self) -> WebAuthnPolicy:
+        """The WebAuthn relying party of these settings."""
+        try:
+            return WebAuthnPolicy(rp_id=self.webauthn_rp_id, origins=tuple(self.webauthn_origins))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from exc
 
     @property
     def bind_window(self) -> timedelta:

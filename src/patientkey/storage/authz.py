@@ -115,6 +115,7 @@ from patientkey.storage.schema import (
     RevokedTokenRow,
     TotpRow,
 )
+from patientkey.storage.webauthn import SqlWebAuthnCredentials, WebAuthnCredentials
 
 __all__ = [
     "MAX_CONSENT_BYTES",
@@ -302,6 +303,9 @@ class AuthzRepository(Protocol):
 
     @property
     def tokens(self) -> TokenLedger: ...
+
+    @property
+    def webauthn(self) -> WebAuthnCredentials: ...
 
     def log_event(self, kind: str, user_id: str | None, detail: EventDetail) -> None:
         """Append to the platform's event log (metadata only, never health data)."""
@@ -1341,6 +1345,7 @@ class SqlAuthzRepo(_OnPlatformEventLog):
         self.otp: Final = _SqlOtp(connection)
         self.lockout: Final = _SqlLockout(connection)
         self.tokens: Final = _SqlTokens(connection)
+        self.webauthn: Final = SqlWebAuthnCredentials(connection)
         self._platform = PlatformRepo(session, clock)
 
     @property

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
+from patientkey.audit import MerkleLog, NodeKey, StoredNode
 from patientkey.authz.ciba import AuthRequest, InMemoryAuthRequestStore
 from patientkey.authz.clients import RegisteredClient
 from patientkey.authz.grants import Grant, InMemoryGrantStore
@@ -36,6 +37,7 @@ from patientkey.identity.device import DeviceKey
 from patientkey.identity.lockout import LockoutChange, LockoutState, MemoryLockoutStore
 from patientkey.identity.otp import MemoryOtpStore, OtpChallenge, OtpChannel
 from patientkey.identity.totp import MemoryTotpStore, TotpEnrollment
+from patientkey.identity.webauthn import WebAuthnCredential
 from patientkey.storage.authz import (
     MAX_CONSENT_BYTES,
     AuthzRepository,
@@ -64,6 +66,7 @@ from patientkey.storage.authz import (
 )
 from patientkey.storage.repos import (
     DISPENSE_TRANSITIONS,
+    MAX_SEQUENCE_BATCH,
     Account,
     Binding,
     Claim,
@@ -98,23 +101,35 @@ from patientkey.storage.repos import (
     _check_key_ids,
     _check_kue_direction,
     _check_kue_keys,
+    _check_nodes,
     _check_pem,
     _check_share_kind,
     _check_stamp,
     _check_text,
+    _check_u63,
     _check_window,
     _claim_step,
     _listed,
+    _new_salt,
     _rate_window,
     utc_now,
 )
 from patientkey.storage.schema import ClaimState, DispenseState, KeyState, KueDirection, ShareKind
+from patientkey.storage.webauthn import (
+    EnrolledWebAuthnCredential,
+    _check_credential,
+    _check_credential_id,
+    _check_registration_challenge,
+    _check_sign_count,
+    _enrolled,
+)
 
 __all__ = [
     "AuthzState",
     "HospitalState",
     "MemoryAuthzRepo",
     "MemoryHospitalRepo",
+    "MemoryNodes",
     "MemoryPlatformRepo",
     "MemoryStore",
     "MemoryThirdPartyRepo",
@@ -165,10 +180,39 @@ class PlatformState:
     rate_limits: dict[str, tuple[datetime, int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     next_seq: int = 1
+    # The transparency log's nodes, (level, idx) -> hash: a dict like the other
+    # tables, so a transaction's copy (and AuthzState's fork) is a real copy.
+    audit_nodes: dict[tuple[int, int], bytes] = field(default_factory=dict)
     # key ID -> (user, direction, key, created_at)
     kue_keys: dict[str, tuple[str, KueDirection, bytes, datetime]] = field(default_factory=dict)
     pq_exchanges: dict[_Key, PqExchange] = field(default_factory=dict)
     replay: dict[_Key, datetime] = field(default_factory=dict)
+
+
+class MemoryNodes:
+    """The twin of :class:`~patientkey.storage.repos.SqlNodeStore` over a dict: the same
+    write-once rule (a key already stored is ``Conflict``, the write all or none)."""
+
+    def __init__(self, nodes: dict[tuple[int, int], bytes]) -> None:
+        self._nodes = nodes
+
+    def leaf_count(self) -> int:
+        # As on SQL: leaves have no gaps, so the last index + 1 is their count.
+        last = max((idx for level, idx in self._nodes if level == 0), default=-1)
+        return last + 1
+
+    def get_nodes(self, keys: Sequence[NodeKey]) -> list[bytes]:
+        try:
+            return [self._nodes[(level, index)] for level, index in keys]
+        except KeyError:
+            raise KeyError("the audit log is missing a node") from None
+
+    def put_nodes(self, nodes: Sequence[StoredNode]) -> None:
+        checked = _check_nodes(nodes)
+        if any((level, index) in self._nodes for level, index, _ in checked):
+            raise Conflict("an audit log node is written once")
+        for level, index, digest in checked:
+            self._nodes[(level, index)] = digest
 
 
 class MemoryPlatformRepo:
@@ -423,7 +467,9 @@ class MemoryPlatformRepo:
         _check_text("kind", kind, 64)
         if user_id is not None:
             _check_id("user_id", user_id)
-        event = Event(self._s.next_seq, self._now(), kind, user_id, _check_detail(detail))
+        event = Event(
+            self._s.next_seq, self._now(), kind, user_id, _check_detail(detail), _new_salt()
+        )
         self._s.next_seq += 1
         self._s.events.append(event)
         return event
@@ -436,6 +482,37 @@ class MemoryPlatformRepo:
             e for e in self._s.events if e.seq > after and (user_id is None or e.user_id == user_id)
         ]
         return found[:limit]
+
+    def audit_nodes(self) -> MemoryNodes:
+        return MemoryNodes(self._s.audit_nodes)
+
+    def sequence_events(self, limit: int = 1000) -> range:
+        _check_int("limit", limit, 1)
+        limit = min(limit, MAX_SEQUENCE_BATCH)
+        waiting = [(at, e) for at, e in enumerate(self._s.events) if e.leaf_index is None]
+        waiting = waiting[:limit]  # the list is in seq order
+        log = MerkleLog(self.audit_nodes())
+        leaves = log.append_many(e.entry().encode() for _, e in waiting)
+        for (at, event), leaf in zip(waiting, leaves, strict=True):
+            self._s.events[at] = replace(event, leaf_index=leaf)
+        return leaves
+
+    def audited_events(self, user_id: str, *, below: int) -> list[Event]:
+        _check_id("user_id", user_id)
+        _check_u63("below", below)
+        mine = [
+            e
+            for e in self._s.events
+            if e.user_id == user_id and e.leaf_index is not None and e.leaf_index < below
+        ]
+        return sorted(mine, key=lambda e: e.leaf_index or 0)
+
+    def event_at(self, leaf_index: int) -> Event:
+        _check_u63("leaf_index", leaf_index)
+        for event in self._s.events:
+            if event.leaf_index == leaf_index:
+                return event
+        raise NotFound("no event at this leaf index")
 
     def listing(self, user_id: str) -> list[ListedRecord]:
         _check_id("user_id", user_id)
@@ -827,6 +904,9 @@ class AuthzState:
     lockout: MemoryLockoutStore = field(default_factory=MemoryLockoutStore)
     revoked: dict[str, int] = field(default_factory=dict)
     assertions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Passkeys by base64url credential id (unique across users), with their owner.
+    webauthn: dict[str, tuple[str, EnrolledWebAuthnCredential]] = field(default_factory=dict)
+    webauthn_challenges: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     # Where log_event writes: the platform's event log, as on SQL.
     platform: PlatformState = field(default_factory=PlatformState)
 
@@ -1090,6 +1170,68 @@ class _MemoryTokens:
         return _drop_expired(self._s.revoked, now) + _drop_expired(self._s.assertions, now)
 
 
+class _MemoryWebAuthn:
+    def __init__(self, state: AuthzState) -> None:
+        self._s = state
+
+    def add(
+        self, user_id: str, credential: WebAuthnCredential, created_at: int
+    ) -> EnrolledWebAuthnCredential:
+        _check_id("user_id", user_id)
+        key = _check_credential_id(_check_credential(credential).credential_id)
+        _check_seconds("created_at", created_at)
+        if key in self._s.webauthn:
+            raise Conflict("passkey registered already")
+        enrolled = _enrolled(credential, created_at)
+        self._s.webauthn[key] = (user_id, enrolled)
+        return enrolled
+
+    def for_user(self, user_id: str) -> list[EnrolledWebAuthnCredential]:
+        _check_id("user_id", user_id)
+        mine = [(key, c) for key, (user, c) in self._s.webauthn.items() if user == user_id]
+        # As the SQL query orders: registration time, then the base64url id.
+        return [c for _, c in sorted(mine, key=lambda kc: (kc[1].created_at, kc[0]))]
+
+    def get(self, user_id: str, credential_id: bytes) -> EnrolledWebAuthnCredential | None:
+        _check_id("user_id", user_id)
+        found = self._s.webauthn.get(_check_credential_id(credential_id))
+        return found[1] if found is not None and found[0] == user_id else None
+
+    def swap_sign_count(self, user_id: str, credential_id: bytes, expected: int, new: int) -> bool:
+        _check_id("user_id", user_id)
+        key = _check_credential_id(credential_id)
+        _check_sign_count("expected", expected)
+        _check_sign_count("new", new)
+        found = self._s.webauthn.get(key)
+        if found is None or found[0] != user_id or found[1].sign_count != expected:
+            return False
+        self._s.webauthn[key] = (user_id, replace(found[1], sign_count=new))
+        return True
+
+    def remove(self, user_id: str, credential_id: bytes) -> bool:
+        _check_id("user_id", user_id)
+        key = _check_credential_id(credential_id)
+        found = self._s.webauthn.get(key)
+        if found is None or found[0] != user_id:
+            return False
+        del self._s.webauthn[key]
+        return True
+
+    def put_challenge(self, user_id: str, challenge: bytes, expires_at: int) -> None:
+        _check_id("user_id", user_id)
+        _check_registration_challenge(challenge)
+        _check_seconds("expires_at", expires_at)
+        self._s.webauthn_challenges[user_id] = (challenge, expires_at)
+
+    def take_challenge(self, user_id: str, now: int) -> bytes | None:
+        _check_id("user_id", user_id)
+        _check_seconds("now", now)
+        found = self._s.webauthn_challenges.pop(user_id, None)
+        if found is None or found[1] <= now:
+            return None
+        return found[0]
+
+
 def _drop_expired(ledger: dict[K, int], now: int) -> int:
     expired = [key for key, until in ledger.items() if until <= now]
     for key in expired:
@@ -1109,6 +1251,7 @@ class MemoryAuthzRepo(_OnPlatformEventLog):
         self.otp: Final = _MemoryOtp(state.otp)
         self.lockout: Final = _MemoryLockout(state.lockout)
         self.tokens: Final = _MemoryTokens(state)
+        self.webauthn: Final = _MemoryWebAuthn(state)
         self._platform = MemoryPlatformRepo(state.platform, clock)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -54,6 +55,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -61,12 +63,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from patientkey.audit import HASH_LEN, SALT_LEN, LogEntry, MerkleLog, NodeKey, NodeStore, StoredNode
+from patientkey.audit import datetime_ms as _datetime_ms
 from patientkey.errors import Conflict, InvalidInput, NotFound, RateLimited
 from patientkey.protocol import states
 from patientkey.storage.engine import Database
 from patientkey.storage.schema import (
     ID_LENGTH,
     AccountRow,
+    AuditNodeRow,
     BindingRow,
     ClaimRow,
     ClaimState,
@@ -114,6 +119,7 @@ __all__ = [
     "PqExchange",
     "Received",
     "Share",
+    "SqlNodeStore",
     "SqlStore",
     "Store",
     "ThirdParty",
@@ -132,6 +138,12 @@ MAX_EVENT_DETAIL_BYTES: Final = 4_096
 MAX_KUE_KEY_BYTES: Final = 512
 MAX_KUE_KEYS_PER_CALL: Final = 100_000
 _MAX_SQL_INT: Final = 2**31 - 1
+_MAX_U63: Final = 2**63 - 1
+#: The most events one :meth:`PlatformRepository.sequence_events` call makes leaves.
+MAX_SEQUENCE_BATCH: Final = 10_000
+#: ``pg_advisory_xact_lock`` key of the transparency log's sequencer (any fixed
+#: 64-bit value no other code of this database uses: the ASCII of "pk-audit").
+_AUDIT_LOCK: Final = int.from_bytes(b"pk-audit", "big")
 
 
 def utc_now() -> datetime:
@@ -227,11 +239,26 @@ class Dispense:
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One event-log row; ``leaf_index`` is its leaf in the transparency log once sequenced."""
+
     seq: int
     at: datetime
     kind: str
     user_id: str | None
     detail: EventDetail
+    salt: bytes = field(default=b"", repr=False)
+    leaf_index: int | None = None
+
+    def entry(self) -> LogEntry:
+        """The event as the transparency log commits to it (``audit.entry``)."""
+        return LogEntry(
+            seq=self.seq,
+            at_ms=_datetime_ms(self.at),
+            kind=self.kind,
+            user_id=self.user_id,
+            detail=self.detail,
+            salt=self.salt,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +495,28 @@ class PlatformRepository(Protocol):
         self, *, user_id: str | None = None, after: int = 0, limit: int = 100
     ) -> list[Event]:
         """Events with ``seq > after``, oldest first, optionally of one account."""
+        ...
+
+    # the transparency log over the event log (audit, RFC 9162)
+
+    def audit_nodes(self) -> NodeStore:
+        """The transparency log's write-once hashes, read and written in this transaction."""
+        ...
+
+    def sequence_events(self, limit: int = 1000) -> range:
+        """Make the oldest events not yet in the log (by ``seq``, at most ``limit``) its
+        next leaves, in order: each gets ``leaf_index`` = the tree size at its turn, its
+        :meth:`Event.entry` is appended with :class:`~patientkey.audit.MerkleLog`. Returns
+        the leaf indices assigned (empty when nothing waited). Concurrent sequencers run
+        one after the other (PostgreSQL: ``pg_advisory_xact_lock``; SQLite: one writer)."""
+        ...
+
+    def audited_events(self, user_id: str, *, below: int) -> list[Event]:
+        """The account's events with a leaf index below ``below``, by leaf index."""
+        ...
+
+    def event_at(self, leaf_index: int) -> Event:
+        """The event that is leaf ``leaf_index`` (``NotFound`` if none is)."""
         ...
 
     def listing(self, user_id: str) -> list[ListedRecord]:
@@ -753,6 +802,34 @@ def _check_events_query(user_id: str | None, after: int, limit: int) -> None:
     _check_int("limit", limit, 1)
 
 
+def _check_u63(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U63:
+        raise InvalidInput(f"{name} must be an integer from 0 to 2**63 - 1")
+    return value
+
+
+def _check_nodes(nodes: Sequence[StoredNode]) -> list[StoredNode]:
+    """Well-formed ``(level, index, hash)`` triples with no key twice (else InvalidInput)."""
+    out: list[StoredNode] = []
+    for node in nodes:
+        if not isinstance(node, tuple) or len(node) != 3:
+            raise InvalidInput("a node is (level, index, hash)")
+        level, index, digest = node
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 64:
+            raise InvalidInput("a node's level is 0..64")
+        _check_u63("a node's index", index)
+        if not isinstance(digest, bytes) or len(digest) != HASH_LEN:
+            raise InvalidInput(f"a node's hash is {HASH_LEN} bytes")
+        out.append((level, index, digest))
+    if len({(level, index) for level, index, _ in out}) != len(out):
+        raise InvalidInput("a node key appears twice in one write")
+    return out
+
+
+def _new_salt() -> bytes:
+    return secrets.token_bytes(SALT_LEN)
+
+
 def _check_share_kind(kind: ShareKind | str) -> ShareKind:
     try:
         return ShareKind(kind)
@@ -948,7 +1025,7 @@ def _dispense(row: DispenseRow) -> Dispense:
 
 
 def _event(row: EventRow) -> Event:
-    return Event(row.seq, row.at, row.kind, row.user_id, dict(row.detail))
+    return Event(row.seq, row.at, row.kind, row.user_id, dict(row.detail), row.salt, row.leaf_index)
 
 
 def _pq_exchange(row: PqExchangeRow) -> PqExchange:
@@ -1013,7 +1090,23 @@ _RECORDS = cast(Table, PlatformRecordRow.__table__)
 _BINDINGS = cast(Table, BindingRow.__table__)
 _DISPENSE = cast(Table, DispenseRow.__table__)
 _SHARES = cast(Table, ShareRow.__table__)
+_NODES = cast(Table, AuditNodeRow.__table__)
 _INSERT_EVENT: Final = insert(_EVENTS).returning(_EVENTS.c.seq)
+_UNSEQUENCED: Final = (
+    select(_EVENTS)
+    .where(_EVENTS.c.leaf_index.is_(None))
+    .order_by(_EVENTS.c.seq)
+    .limit(bindparam("limit"))
+)
+_SET_LEAF: Final = (
+    update(_EVENTS)
+    .where(_EVENTS.c.seq == bindparam("b_seq"), _EVENTS.c.leaf_index.is_(None))
+    .values(leaf_index=bindparam("b_leaf"))
+)
+# The leaves are written in order and without gaps (MerkleLog), so the last leaf's
+# index + 1 is their count: one look-up at the end of the primary key, not a scan.
+_LAST_LEAF: Final = select(func.max(_NODES.c.idx)).where(_NODES.c.level == 0)
+_INSERT_NODE: Final = insert(_NODES)
 _TAKE_ONE_KUE: Final = (
     delete(_KUE)
     .where(
@@ -1070,6 +1163,49 @@ class _SqlRepo:
     def _all(self, model: type[T], *where: ColumnElement[bool], order: Sequence[Any]) -> list[T]:
         stmt = select(model).where(*where).order_by(*order)
         return list(self._session.scalars(stmt.execution_options(populate_existing=True)))
+
+
+class SqlNodeStore:
+    """:class:`~patientkey.audit.NodeStore` on the ``audit_nodes`` table, in the caller's
+    transaction. Write once: a key already stored is refused (``Conflict``) and the
+    write leaves nothing behind."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def leaf_count(self) -> int:
+        last = self._session.execute(_LAST_LEAF).scalar_one_or_none()
+        return 0 if last is None else int(last) + 1
+
+    def get_nodes(self, keys: Sequence[NodeKey]) -> list[bytes]:
+        if not keys:
+            return []
+        by_level: dict[int, set[int]] = {}
+        for level, index in keys:
+            by_level.setdefault(level, set()).add(index)
+        stmt = select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash).where(
+            or_(
+                *(
+                    and_(_NODES.c.level == level, _NODES.c.idx.in_(sorted(indices)))
+                    for level, indices in by_level.items()
+                )
+            )
+        )
+        found = {(level, idx): bytes(digest) for level, idx, digest in self._session.execute(stmt)}
+        try:
+            return [found[(level, index)] for level, index in keys]
+        except KeyError:
+            # As the memory twin: a missing node is a damaged log, not bad input.
+            raise KeyError("the audit log is missing a node") from None
+
+    def put_nodes(self, nodes: Sequence[StoredNode]) -> None:
+        checked = _check_nodes(nodes)
+        if not checked:
+            return
+        with _guarded(self._session, "an audit log node is written once"):
+            self._session.execute(
+                _INSERT_NODE, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in checked]
+            )
 
 
 # ─────────────────────────────────────────────────────────────── platform
@@ -1381,10 +1517,10 @@ class PlatformRepo(_SqlRepo):
         _check_text("kind", kind, 64)
         if user_id is not None:
             _check_id("user_id", user_id)
-        at, checked = self._now(), _check_detail(detail)
-        values = {"at": at, "kind": kind, "user_id": user_id, "detail": checked}
+        at, checked, salt = self._now(), _check_detail(detail), _new_salt()
+        values = {"at": at, "kind": kind, "user_id": user_id, "detail": checked, "salt": salt}
         seq = self._session.execute(_INSERT_EVENT, values).scalar_one()
-        return Event(seq, at, kind, user_id, dict(checked))
+        return Event(seq, at, kind, user_id, dict(checked), salt)
 
     def events(
         self, *, user_id: str | None = None, after: int = 0, limit: int = 100
@@ -1395,6 +1531,56 @@ class PlatformRepo(_SqlRepo):
             stmt = stmt.where(EventRow.user_id == user_id)
         rows = self._session.scalars(stmt.order_by(EventRow.seq).limit(limit))
         return [_event(r) for r in rows]
+
+    # the transparency log
+
+    def audit_nodes(self) -> SqlNodeStore:
+        return SqlNodeStore(self._session)
+
+    def sequence_events(self, limit: int = 1000) -> range:
+        _check_int("limit", limit, 1)
+        limit = min(limit, MAX_SEQUENCE_BATCH)
+        if self._session.get_bind().dialect.name == "postgresql":
+            # Two sequencers must not both read the same tree size: the second waits
+            # here until the first commits (then reads its leaves). SQLite's
+            # BEGIN IMMEDIATE already lets one writer in at a time.
+            self._session.execute(select(func.pg_advisory_xact_lock(_AUDIT_LOCK)))
+        # The ORM may hold events this transaction logged but has not flushed.
+        self._session.flush()
+        rows = self._session.execute(_UNSEQUENCED, {"limit": limit}).all()
+        log = MerkleLog(self.audit_nodes())
+        if not rows:
+            return range(log.size, log.size)
+        events = [Event(r.seq, r.at, r.kind, r.user_id, dict(r.detail), r.salt) for r in rows]
+        leaves = log.append_many(event.entry().encode() for event in events)
+        # A sequencer that bypassed the lock would have failed above: the node keys of
+        # these leaves would already be taken (write once).
+        self._session.execute(
+            _SET_LEAF,
+            [{"b_seq": e.seq, "b_leaf": i} for e, i in zip(events, leaves, strict=True)],
+        )
+        return leaves
+
+    def audited_events(self, user_id: str, *, below: int) -> list[Event]:
+        _check_id("user_id", user_id)
+        _check_u63("below", below)
+        stmt = (
+            select(EventRow)
+            .where(
+                EventRow.user_id == user_id,
+                EventRow.leaf_index.is_not(None),
+                EventRow.leaf_index < below,
+            )
+            .order_by(EventRow.leaf_index)
+        )
+        return [_event(r) for r in self._session.scalars(stmt)]
+
+    def event_at(self, leaf_index: int) -> Event:
+        _check_u63("leaf_index", leaf_index)
+        row = self._one_or_none(EventRow, EventRow.leaf_index == leaf_index)
+        if row is None:
+            raise NotFound("no event at this leaf index")
+        return _event(row)
 
     # listing and counts
 

@@ -15,7 +15,9 @@ a ``records`` table, so those two classes carry the party in their name.
   CIBA authorization requests, grants with their FHIR Consent, registered OAuth
   clients, the patients' enrolled identity proofs (password hash, device keys,
   certificate, contacts, TOTP, one-time code challenges, lockout counters) and the
-  token ledgers (revoked ``jti``, seen client-assertion ``jti``);
+  token ledgers (revoked ``jti``, seen client-assertion ``jti``); the transparency log
+  over the event log: each event's salt and leaf index, and the Merkle nodes
+  (``platform_0006``);
 * **hospital** — patients, KUH versions (wrapped by the hospital's own storage key;
   this layer stores bytes and never sees a KUH), FHIR records (bytes, possibly
   encrypted at rest by the caller);
@@ -68,6 +70,7 @@ __all__ = [
     "OTP_CHANNELS",
     "TOTP_ALGORITHMS",
     "AccountRow",
+    "AuditNodeRow",
     "AuthRequestRow",
     "BindingRow",
     "ClaimRow",
@@ -104,6 +107,8 @@ __all__ = [
     "ThirdPartyRow",
     "TotpRow",
     "UtcDateTime",
+    "WebAuthnChallengeRow",
+    "WebAuthnCredentialRow",
 ]
 
 
@@ -349,6 +354,25 @@ class EventRow(PlatformBase):
     kind: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str | None] = _id(nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON())
+    # The transparency log (``platform_0006``): 16 random bytes that keep the event's
+    # leaf hash from confirming a guess (audit.entry), and its leaf in the Merkle log
+    # once sequenced (NULL until then; unique, so no event is two leaves).
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    leaf_index: Mapped[int | None] = mapped_column(BigInteger(), nullable=True, unique=True)
+
+
+class AuditNodeRow(PlatformBase):
+    """One hash of the transparency log: a leaf (level 0) or a complete subtree's root.
+
+    Written once, never updated (``audit.log.NodeStore``): the primary key refuses a
+    second write of ``(level, idx)``.
+    """
+
+    __tablename__ = "audit_nodes"
+
+    level: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
 class KueKeyRow(PlatformBase):
@@ -551,6 +575,35 @@ class ClientAssertionRow(PlatformBase):
 
     client_id: Mapped[str] = _id(primary_key=True)
     jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    expires_at: Mapped[int] = _unix()
+
+
+class WebAuthnCredentialRow(PlatformBase):
+    """A patient's passkey (WebAuthn): COSE public key, last sign count, transports.
+
+    Keyed by the credential id alone (base64url; at most 1023 bytes, 1364 characters):
+    an id registered to one account is refused for any other (WebAuthn L2 §7.1 step 22).
+    """
+
+    __tablename__ = "webauthn_credentials"
+    __table_args__ = (Index(None, "user_id"),)
+
+    credential_id: Mapped[str] = mapped_column(String(1364), primary_key=True)
+    user_id: Mapped[str] = _id()
+    public_key: Mapped[bytes] = mapped_column(LargeBinary())
+    # BigInteger: the counter is an unsigned 32-bit value, beyond PostgreSQL's INTEGER.
+    sign_count: Mapped[int] = mapped_column(BigInteger())
+    transports: Mapped[str] = mapped_column(String(300))  # comma-separated, may be empty
+    created_at: Mapped[int] = _unix()
+
+
+class WebAuthnChallengeRow(PlatformBase):
+    """The challenge of a passkey registration under way: one per user, used once."""
+
+    __tablename__ = "webauthn_challenges"
+
+    user_id: Mapped[str] = _id(primary_key=True)
+    challenge: Mapped[bytes] = mapped_column(LargeBinary(64))
     expires_at: Mapped[int] = _unix()
 
 

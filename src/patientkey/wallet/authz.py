@@ -27,6 +27,7 @@ saved before the first message that depends on them leaves.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform as _host
@@ -48,6 +49,7 @@ from patientkey.authz.rar import (
 from patientkey.errors import Conflict, CryptoError, InvalidInput, NotFound
 from patientkey.identity.challenge import ApprovalChallenge, canonical_json
 from patientkey.identity.device import DeviceAlgorithm, sign_device_approval
+from patientkey.identity.webauthn import WebAuthnPolicy, authentication_options, b64url_decode
 from patientkey.identity.x509sig import CertificatePrivateKey, sign_x509_approval
 from patientkey.protocol.messages import (
     AuthzDecision,
@@ -82,6 +84,7 @@ __all__ = [
     "PlatformCall",
     "WalletAuthz",
     "approval_challenge",
+    "chosen_details",
     "granted_details",
     "narrowed_details",
     "user_agent",
@@ -177,6 +180,25 @@ def narrowed_details(
     return dump_details(narrow(asked, tuple(kept)))
 
 
+def chosen_details(
+    request: PendingRequest,
+    *,
+    actions: Collection[str] | None = None,
+    records: Collection[str] | None = None,
+    duration: str | int | None = None,
+) -> list[dict[str, Any]] | None:
+    """The ``approved_details`` for :meth:`WalletAuthz.approve` from the patient's choices.
+
+    None (approve everything asked) when no choice narrows anything; otherwise
+    :func:`narrowed_details`. One rule for ``wallet approve`` and the wallet UI.
+    """
+    if actions is None and records is None and duration is None:
+        return None
+    return narrowed_details(
+        request.authorization_details, actions=actions, records=records, duration=duration
+    )
+
+
 def _chosen_actions(
     asked: Sequence[HealthRecordAccess], actions: Collection[str] | None
 ) -> set[str] | None:
@@ -259,12 +281,16 @@ class WalletAuthz:
         call: PlatformCall,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        webauthn_rp_id: str = "localhost",
     ) -> None:
         self._state = state
         self._save = save
         self._call = call
         self._clock = clock
         self._sleep = sleep
+        self._webauthn = WebAuthnPolicy(rp_id=webauthn_rp_id)
+        # The passkeys of the last IdentityState seen (base64url ids; empty: discoverable).
+        self._passkeys: list[str] = []
 
     def __repr__(self) -> str:
         return f"WalletAuthz({self._state.user_id!r})"
@@ -278,6 +304,12 @@ class WalletAuthz:
         """The ``key_id`` of the device key, None before the first identity enrollment."""
         device = self._state.device
         return None if device is None else device.public.key_id
+
+    @property
+    def device_enrolled(self) -> bool:
+        """True when the platform holds the device key: approvals can carry its signature."""
+        device = self._state.device
+        return device is not None and device.enrolled
 
     def environment(self) -> Environment:
         """The login environment the platform compares (step-up on change, RFC 9470)."""
@@ -338,12 +370,71 @@ class WalletAuthz:
             state = self._call(IDENTITY_ENROLL, _build(IdentityEnroll, **fields), IdentityState)
         if state.user_id != self.user_id:
             raise _refuse("identity: answer for another user")
+        self._passkeys = list(state.webauthn_credential_ids)
         enrolled = key.key_id in state.device_key_ids
         if enrolled != device.enrolled:
             # Not enrolled (any more) at the platform: the next enrollment sends it again.
             self._state.device = device.model_copy(update={"enrolled": enrolled})
             self._save()
         return state
+
+    # ------------------------------------------------------------------ passkeys
+
+    def webauthn_begin(self) -> str:
+        """Start a passkey registration: the platform's ``PublicKeyCredentialCreationOptions``
+        JSON, for the web page's ``navigator.credentials.create``. Its challenge is good
+        for one :meth:`webauthn_register` within a few minutes."""
+        fields = {"user_id": self.user_id, "environment": self.environment()}
+        state = self._call(
+            IDENTITY_ENROLL, _build(IdentityEnroll, **fields, webauthn_begin=True), IdentityState
+        )
+        if state.user_id != self.user_id or state.webauthn_options is None:
+            raise _refuse("webauthn: answer for another user or without options")
+        try:
+            rp_id = json.loads(state.webauthn_options)["rp"]["id"]
+            # Assertions must name the RP ID the passkeys are registered for.
+            self._webauthn = WebAuthnPolicy(rp_id=rp_id)
+        except (ValueError, TypeError, KeyError, InvalidInput) as exc:
+            raise _refuse("webauthn: the creation options name no valid RP ID") from exc
+        self._passkeys = list(state.webauthn_credential_ids)
+        return state.webauthn_options
+
+    def webauthn_register(self, response_json: str) -> IdentityState:
+        """Complete a passkey registration with the browser's ``PublicKeyCredential`` JSON
+        (``navigator.credentials.create``'s answer); the platform verifies and stores it."""
+        fields = {"user_id": self.user_id, "environment": self.environment()}
+        state = self._call(
+            IDENTITY_ENROLL,
+            _build(IdentityEnroll, **fields, webauthn_registration=response_json),
+            IdentityState,
+        )
+        if state.user_id != self.user_id:
+            raise _refuse("webauthn: answer for another user")
+        try:
+            credential_id = json.loads(response_json)["id"]
+        except (ValueError, TypeError, KeyError):
+            credential_id = None
+        if credential_id not in state.webauthn_credential_ids:
+            raise _refuse("webauthn: the platform does not list the registered passkey")
+        self._passkeys = list(state.webauthn_credential_ids)
+        return state
+
+    def webauthn_request_options(
+        self,
+        request: PendingRequest,
+        approved_details: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """``PublicKeyCredentialRequestOptions`` JSON for approving ``request`` (or the
+        narrower ``approved_details``) with a passkey: its challenge is derived from the
+        same :func:`approval_challenge` the device key signs (``identity.webauthn``), so
+        the assertion covers the request id, the inbox nonce and exactly what is granted.
+        Pass the same ``approved_details`` to :meth:`approve`."""
+        challenge = approval_challenge(request, granted_details(request, approved_details))
+        return authentication_options(
+            self._webauthn,
+            credential_ids=[b64url_decode(i) for i in self._passkeys],
+            challenge=challenge,
+        )
 
     # ------------------------------------------------------------------ inbox
 
@@ -399,18 +490,21 @@ class WalletAuthz:
         otp: tuple[str, str] | None = None,
         device: bool = True,
         x509: tuple[str, CertificatePrivateKey] | None = None,
+        webauthn: str | None = None,
     ) -> AuthzOutcome:
         """Approve ``request`` (or the narrower ``approved_details``) with these proofs.
 
         ``otp`` is (challenge_id from :meth:`send_otp`, code); ``x509`` is (certificate
-        chain PEM, leaf first; its private key). The device key (unless ``device`` is
-        False) and the certificate key sign the granted details, the request id and the
-        inbox's nonce. Nothing is sent if the details widen the request or no proof is
-        given (InvalidAuthorizationDetails, an InvalidInput, for a widening).
+        chain PEM, leaf first; its private key); ``webauthn`` is the browser's assertion
+        JSON over :meth:`webauthn_request_options` (with ``device=False`` for a passkey
+        alone). The device key (unless ``device`` is False) and the certificate key sign
+        the granted details, the request id and the inbox's nonce. Nothing is sent if
+        the details widen the request or no proof is given (InvalidAuthorizationDetails,
+        an InvalidInput, for a widening).
         """
         granted = granted_details(request, approved_details)
         challenge = approval_challenge(request, granted)
-        proofs: dict[str, Any] = {"password": password, "totp": totp}
+        proofs: dict[str, Any] = {"password": password, "totp": totp, "webauthn": webauthn}
         if otp is not None:
             proofs["otp_challenge_id"], proofs["otp_code"] = otp
         if device:

@@ -5,7 +5,9 @@
 :class:`~patientkey.service.client.PeerClient` in production, an in-process
 platform in tests) and keeps its state in a :class:`~.store.StateStore` and a
 :class:`~.store.RecordCache`. Patient-approved authorization (identity proofs,
-requests, decisions, grants) is :attr:`WalletCore.authz`, in :mod:`.authz`.
+requests, decisions, grants) is :attr:`WalletCore.authz`, in :mod:`.authz`; the
+transparency log (verified timeline, tamper evidence) is :attr:`WalletCore.audit`,
+in :mod:`.audit`.
 
 Rules every operation follows:
 
@@ -99,6 +101,7 @@ from patientkey.protocol.routes import (
     SHARE_OFFER,
 )
 from patientkey.protocol.states import Rotation, RotationEvent, rotation_next
+from patientkey.wallet.audit import WalletAudit
 from patientkey.wallet.authz import WalletAuthz
 from patientkey.wallet.hop import PoolSupply, PqPort, WalletHop
 from patientkey.wallet.store import (
@@ -255,6 +258,7 @@ class WalletCore:
         self._pq = pq
         self._trust = trust
         self._authz = WalletAuthz(state=state, save=self._save, call=self._call)
+        self._audit = WalletAudit(state=state, save=self._save, call=self._call)
 
     @property
     def user_id(self) -> str:
@@ -264,6 +268,11 @@ class WalletCore:
     def authz(self) -> WalletAuthz:
         """Patient-approved authorization: identity proofs, requests, decisions, grants."""
         return self._authz
+
+    @property
+    def audit(self) -> WalletAudit:
+        """The transparency log: sync and verify, the timeline, FHIR AuditEvent export."""
+        return self._audit
 
     @property
     def pool_remaining(self) -> int:

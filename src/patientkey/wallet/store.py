@@ -14,12 +14,21 @@ atomic file replacement::
      "pool": KeyPool.to_dict() | null,
      "install_id": null | "<random id>",
      "device": null | {"algorithm": "ML-DSA-65" | "Ed25519", "seed": b64url(32 bytes),
-                       "enrolled": bool}}
+                       "enrolled": bool},
+     "audit": null | {"log_key": b64url(Ed25519 raw public key, pinned on first sync),
+                      "tree_head": SignedTreeHead.to_dict() (the last head accepted),
+                      "events": {"<leaf index>": "<canonical LogEntry JSON>"},
+                      "evidence": [{"problem", "reason", "index": int | null,
+                                    "detected_at": ms, "old_tree_head", "new_tree_head"}]}}
 
 ``install_id`` and ``device`` came with patient-approved authorization
 (:mod:`.authz`); a keystore written before them has neither and opens as it
 is: the install id is drawn and the device key generated (both saved before
-anything is sent) on first use. ``device.seed`` is the private key (the
+anything is sent) on first use. ``audit`` came with the transparency log
+(:mod:`.audit`): absent until the first ``wallet audit``; ``events`` keep every
+event of the account the wallet verified, so the timeline shows offline and a
+later deletion or alteration is caught; ``evidence`` keeps each proof of a
+rewritten log the wallet met. ``device.seed`` is the private key (the
 Ed25519 private key, or the ML-DSA-65 FIPS 204 seed ξ): it exists only in this
 encrypted document and in memory, never in a repr, a log line or a message.
 
@@ -40,6 +49,7 @@ from typing import Any, Final, Literal, Protocol, Self
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from patientkey.audit import SignedTreeHead
 from patientkey.crypto import DEFAULT_ARGON2, Argon2Params, Keystore
 from patientkey.errors import Conflict, CryptoError, InvalidInput, NotFound, Unauthenticated
 from patientkey.fsutil import write_private
@@ -54,6 +64,8 @@ from patientkey.protocol.messages import B64Bytes, Ident
 from patientkey.protocol.states import Rotation
 
 __all__ = [
+    "AuditEvidence",
+    "AuditState",
     "DeviceSecret",
     "FileRecordCache",
     "HospitalKeys",
@@ -183,6 +195,47 @@ class DeviceSecret(BaseModel):
         return DeviceKey.from_public_key(self.private_key().public_key())
 
 
+class AuditEvidence(BaseModel):
+    """What the wallet saw when the platform's log contradicted itself (:mod:`.audit`).
+
+    Kept even though the sync that found it changed nothing else: the patient (and an
+    auditor) must keep seeing it. The tree heads are signed by the log: evidence
+    against it, not the wallet's word.
+    """
+
+    model_config = _MODEL
+
+    problem: str = Field(min_length=1, max_length=64)  # the error's problem name
+    reason: str = Field(min_length=1, max_length=1000)
+    index: int | None = Field(None, ge=0)  # the leaf concerned, when known
+    detected_at: int = Field(ge=0)  # ms since the epoch
+    old_tree_head: dict[str, Any] | None = None
+    new_tree_head: dict[str, Any] | None = None
+
+
+class AuditState(BaseModel):
+    """The wallet's view of the transparency log: pinned key, last head, verified events."""
+
+    model_config = _MODEL
+
+    log_key: Key32 = Field(min_length=32, max_length=32)
+    tree_head: dict[str, Any]
+    events: dict[int, str] = Field(default_factory=dict)
+    evidence: tuple[AuditEvidence, ...] = ()
+
+    @model_validator(mode="after")
+    def _head(self) -> Self:
+        # Parsed once here so a malformed head fails when the keystore opens.
+        head = SignedTreeHead.from_dict(self.tree_head)
+        if any(not 0 <= index < head.head.size for index in self.events):
+            raise ValueError("an accepted event lies outside the accepted tree")
+        return self
+
+    @property
+    def sth(self) -> SignedTreeHead:
+        return SignedTreeHead.from_dict(self.tree_head)
+
+
 def new_install_id() -> str:
     """A random install id (``Environment.device``): names this wallet, says nothing else."""
     return "w-" + secrets.token_hex(16)
@@ -200,6 +253,8 @@ class _Stored(BaseModel):
     # Optional: keystores written before patient-approved authorization lack them.
     install_id: Ident | None = None
     device: DeviceSecret | None = None
+    # Optional: keystores written before the transparency log lack it.
+    audit: AuditState | None = None
 
 
 @dataclass
@@ -212,6 +267,7 @@ class WalletState:
     pool: KeyPool | None = field(default=None, repr=False)
     install_id: str | None = None
     device: DeviceSecret | None = field(default=None, repr=False)
+    audit: AuditState | None = field(default=None, repr=False)
 
     def to_bytes(self) -> bytes:
         stored = _Stored(
@@ -223,6 +279,7 @@ class WalletState:
             pool=None if self.pool is None else self.pool.to_dict(),
             install_id=self.install_id,
             device=self.device,
+            audit=self.audit,
         )
         return stored.model_dump_json().encode("utf-8")
 
@@ -239,6 +296,7 @@ class WalletState:
             pool=None if stored.pool is None else KeyPool.from_dict(stored.pool),
             install_id=stored.install_id,
             device=stored.device,
+            audit=stored.audit,
         )
 
 

@@ -1,0 +1,187 @@
+"""The platform's transparency log (RFC 9162) over its event log: sequence, sign, prove.
+
+Every platform event (``log_event``: bindings, rotations, fetches, shares, dispense
+steps, the authorization unit's requests, decisions, tokens, uses and revocations) is
+a row of the event log; :class:`TransparencyLog` turns the rows into leaves of an
+append-only Merkle log (``audit.log``) and answers with signed tree heads and proofs:
+
+=================  =========================  ===============================================
+method             route                      answers
+=================  =========================  ===============================================
+``sync``           ``POST /v1/audit/sync``    the wallet's own events, each with an inclusion
+                   (hop envelope)             proof, a signed head and the consistency proof
+                                              from the head the wallet accepted last
+``sth``            ``GET /v1/audit/sth``      the latest signed tree head and the log's key
+``inclusion``      ``GET /v1/audit/proof/     the audit path of a leaf in a tree size
+                   inclusion``
+``consistency``    ``GET /v1/audit/proof/     the consistency proof between two tree sizes
+                   consistency``
+=================  =========================  ===============================================
+
+The GET answers are hashes only: an entry (with its salt) goes to its own account
+alone, through ``sync``. Sizes outside the log are :class:`~patientkey.errors.InvalidInput`
+(400), never a server error.
+
+Sequencing happens when a head is asked for (``integrate``), not on every event: the
+event log's hot path stays one insert. A head is signed in the transaction that
+sequenced, under the sequencer's lock (``PlatformRepository.sequence_events``), so the
+heads of concurrent workers grow in size and time together — a wallet's
+``check_consistency`` refuses a larger tree signed earlier than a smaller one.
+
+No I/O of its own: the store, the key and the clock are given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from patientkey.audit import MerkleLog, SignedTreeHead, TreeHead, sign_tree_head
+from patientkey.crypto._util import b64url_encode
+from patientkey.errors import Forbidden, InvalidInput
+from patientkey.protocol.messages import AuditedEvent, AuditSync, AuditSyncRequest, TreeHeadView
+from patientkey.storage.repos import PlatformRepository, Store
+
+__all__ = ["LOG_ID_PREFIX", "TransparencyLog", "log_id_of"]
+
+LOG_ID_PREFIX: Final = "patientkey-platform:"
+_MAX_U63: Final = 2**63 - 1
+
+
+def log_id_of(signing_key: Ed25519PrivateKey) -> str:
+    """``patientkey-platform:<hex SHA-256 of the raw public key>``: the log is its key."""
+    raw = signing_key.public_key().public_bytes_raw()
+    return LOG_ID_PREFIX + hashlib.sha256(raw).hexdigest()
+
+
+def _size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U63:
+        raise InvalidInput(f"{what} must be an integer from 0 to 2**63 - 1")
+    return value
+
+
+class TransparencyLog:
+    """The platform's signed, append-only log of its events (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store[PlatformRepository],
+        signing_key: Ed25519PrivateKey,
+        *,
+        is_wallet: Callable[[str], bool],
+        log_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        batch: int = 1000,
+    ) -> None:
+        if batch < 1:
+            raise InvalidInput("the sequencing batch is at least one event")
+        self._store = store
+        self._key = signing_key
+        self._is_wallet = is_wallet
+        self.log_id: Final = log_id or log_id_of(signing_key)
+        self._clock = clock
+        self._batch = batch
+        # Heads of this process never go back in time, even if the wall clock does.
+        self._last_ms = 0
+        self._time_lock = threading.Lock()
+
+    @property
+    def public_key(self) -> bytes:
+        """The log's Ed25519 public key (32 bytes raw): what wallets pin."""
+        return self._key.public_key().public_bytes_raw()
+
+    # ── sequencing and signing ───────────────────────────────────────────────────
+
+    def integrate(self) -> SignedTreeHead:
+        """Make every waiting event a leaf, then sign the head of the whole log."""
+        while True:
+            with self._store.transaction() as repo:
+                added = repo.sequence_events(self._batch)
+                if len(added) < self._batch:
+                    # Still under the sequencer's lock: see the module docstring.
+                    return self._sign(repo)
+
+    def _sign(self, repo: PlatformRepository) -> SignedTreeHead:
+        log = MerkleLog(repo.audit_nodes())
+        with self._time_lock:
+            now = max(int(self._clock() * 1000), self._last_ms)
+            self._last_ms = now
+        head = TreeHead(size=log.size, root_hash=log.root(), timestamp_ms=now)
+        return sign_tree_head(self._key, head, self.log_id)
+
+    # ── the wallet's sync ────────────────────────────────────────────────────────
+
+    def sync(self, caller: str, request: AuditSyncRequest) -> AuditSync:
+        """The account's events with inclusion proofs against a fresh signed head, and
+        that head's consistency with the one of ``known_size`` the wallet holds."""
+        if not self._is_wallet(caller):
+            raise Forbidden("this operation is for wallets")
+        if request.user_id != caller:
+            raise Forbidden("user_id does not match the client certificate")
+        sth = self.integrate()
+        size, known = sth.head.size, request.known_size
+        if known > size:
+            raise InvalidInput("known_size exceeds the log's size")
+        # A second transaction: the nodes of a tree size never change (write once), so
+        # proofs against ``size`` hold whatever was appended since, and the sequencer's
+        # lock is not held while the proofs are read.
+        with self._store.transaction() as repo:
+            log = MerkleLog(repo.audit_nodes())
+            consistency = [] if known in (0, size) else log.consistency_proof(known, size)
+            events = []
+            for event in repo.audited_events(request.user_id, below=size):
+                assert event.leaf_index is not None  # audited_events returns leaves only
+                events.append(
+                    AuditedEvent(
+                        index=event.leaf_index,
+                        entry=event.entry().encode(),
+                        proof=log.inclusion_proof(event.leaf_index, size),
+                    )
+                )
+        return AuditSync(
+            sth=TreeHeadView.model_validate(sth.to_dict()),
+            log_key=self.public_key,
+            consistency=consistency,
+            events=events,
+        )
+
+    # ── public reads: hashes only ────────────────────────────────────────────────
+
+    def sth(self) -> dict[str, Any]:
+        """The latest signed tree head as JSON (``SignedTreeHead.to_dict``) + ``log_key``."""
+        return {**self.integrate().to_dict(), "log_key": b64url_encode(self.public_key)}
+
+    def inclusion(self, index: int, tree_size: int) -> dict[str, Any]:
+        """The audit path of leaf ``index`` in the tree of ``tree_size`` leaves."""
+        _size(index, "index")
+        _size(tree_size, "tree_size")
+        with self._store.transaction() as repo:
+            log = MerkleLog(repo.audit_nodes())
+            if tree_size > log.size:
+                raise InvalidInput("tree_size exceeds the log's size")
+            if index >= tree_size:
+                raise InvalidInput("index must be below tree_size")
+            proof = log.inclusion_proof(index, tree_size)
+        return {
+            "leaf_index": index,
+            "tree_size": tree_size,
+            "proof": [b64url_encode(h) for h in proof],
+        }
+
+    def consistency(self, first: int, second: int) -> dict[str, Any]:
+        """The proof that the tree of ``second`` leaves extends the one of ``first``."""
+        _size(first, "first")
+        _size(second, "second")
+        with self._store.transaction() as repo:
+            log = MerkleLog(repo.audit_nodes())
+            if second > log.size:
+                raise InvalidInput("second exceeds the log's size")
+            if first > second:
+                raise InvalidInput("first must not exceed second")
+            proof = [] if first in (0, second) else log.consistency_proof(first, second)
+        return {"first": first, "second": second, "proof": [b64url_encode(h) for h in proof]}
