@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -57,3 +59,48 @@ def test_events_are_metadata_only():
     event = json.loads(make_event(12))
     assert set(event) == {"at", "kind", "seq", "user_id", "by"}
     assert make_event(12) != make_event(13)
+
+
+def test_bench_audit_sql_runs_on_the_platform_database(tmp_path):
+    """--store sql logs, sequences and proves on SQLite; the probe account's sync verifies."""
+    out = tmp_path / "audit-sql.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "audit", "--store", "sql", "--sizes", "200,500", "--samples", "5",
+         "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["settings"]["store"].startswith("SQLite")
+    assert [r["size"] for r in report["results"]] == [200, 500]
+    for r in report["results"]:
+        assert r["sequenced_per_s"] > 0
+        assert r["inclusion_hashes"] <= r["log2_size"]
+        assert r["sync_events"] == 20
+        assert r["sync_hashes"] <= 20 * r["log2_size"]
+
+
+@pytest.mark.postgres
+def test_bench_audit_sql_on_postgresql():
+    """--store sql with --db-url runs in a throw-away PostgreSQL schema."""
+    pg_url = os.environ.get(
+        "PATIENTKEY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    if not os.environ.get("CI"):
+        try:
+            socket.create_connection(("127.0.0.1", 5432), timeout=3).close()
+        except OSError as exc:
+            pytest.skip(f"PostgreSQL unreachable ({exc}); set CI to make this a failure")
+    result = CliRunner().invoke(
+        app,
+        ["bench", "audit", "--store", "sql", "--sizes", "100", "--samples", "3",
+         "--db-url", pg_url],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "postgresql" in result.output
+
+
+def test_bench_audit_refuses_an_unknown_store():
+    """--store other than memory or sql ends the command with exit code 2."""
+    result = CliRunner().invoke(app, ["bench", "audit", "--store", "disk"])
+    assert result.exit_code == 2, result.output

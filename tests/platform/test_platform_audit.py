@@ -26,7 +26,7 @@ from patientkey.audit import (
 )
 from patientkey.authz.errors import InsufficientUserAuthentication
 from patientkey.crypto.ratchet import RotationContext, rotation_commit, wrap_rotation_key
-from patientkey.errors import Forbidden, InvalidInput
+from patientkey.errors import Forbidden
 from patientkey.platform.audit import LOG_ID_PREFIX
 from patientkey.protocol.messages import (
     AuditSync,
@@ -138,12 +138,14 @@ def test_only_the_wallet_itself_may_sync(world):
         world.audit.sync("pharmacy-1", AuditSyncRequest(user_id="pharmacy-1"))
 
 
-def test_known_size_beyond_the_log_is_invalid_input(world):
-    """A wallet claiming a larger tree than the log has is InvalidInput (a 4xx), not a crash."""
+def test_known_size_beyond_the_log_gets_the_signed_smaller_head(world):
+    """A wallet holding a larger head than the log gets the signed smaller head: evidence."""
     setup_alice(world)
     size = _sync(world).sth.tree_size
-    with pytest.raises(InvalidInput):
-        _sync(world, known_size=size + 1)
+    answer = _sync(world, known_size=size + 1)
+    assert answer.sth.tree_size == size
+    assert answer.consistency == []
+    _verified(answer)
 
 
 # ── over the app ─────────────────────────────────────────────────────────────────

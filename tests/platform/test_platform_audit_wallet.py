@@ -137,6 +137,21 @@ def test_wallet_detects_a_rebuilt_history(sql_world, sqlite_db):
     assert wallet.audit.report().tampered
 
 
+def test_wallet_detects_a_truncated_log(sql_world, sqlite_db):
+    """Dropping the newest leaves makes the platform sign a smaller head; the wallet flags it."""
+    alice = setup_alice(sql_world)
+    wallet = _Wallet(sql_world)
+    fetch(sql_world, alice, "rx-1")
+    before = wallet.audit.sync().head
+    assert before is not None
+    with sqlite_db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_nodes WHERE level = 0 AND idx >= 2"))
+        conn.execute(text("DELETE FROM audit_nodes WHERE level > 0 AND idx > 0"))
+    with pytest.raises(LogTampered):
+        wallet.audit.sync()
+    assert wallet.audit.report().tampered
+
+
 def test_answer_shape_is_the_protocol_message(sql_world):
     """The platform's answer is an AuditSync the wallet's own decoder accepts."""
     setup_alice(sql_world)

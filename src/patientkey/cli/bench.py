@@ -270,21 +270,56 @@ def auth(
 
 @app.command()
 def audit(
-    sizes: str = typer.Option(
-        "10000,100000,1000000", help="Log sizes (events) to measure at, comma-separated."
+    sizes: str | None = typer.Option(
+        None,
+        help="Log sizes (events) to measure at, comma-separated "
+        "[memory: 10000,100000,1000000; sql: 10000,100000].",
     ),
     samples: int = typer.Option(
         200, min=1, max=100_000, help="Proofs generated and verified per size and kind."
+    ),
+    store: str = typer.Option(
+        "memory",
+        help="memory: the log's algorithms in process; sql: the platform's own "
+        "event log, sequencer and proofs on a database.",
+    ),
+    db_url: str | None = typer.Option(
+        None, help="With --store sql: a PostgreSQL URL (default: a temporary SQLite file)."
     ),
     out: JsonOut = None,
     seed: int = typer.Option(1, help="Seed of the random sample leaves and earlier sizes."),
 ) -> None:
     """Transparency log: events appended/s, inclusion and consistency proofs (µs, hashes).
 
-    The log grows to each size in turn; see patientkey.bench.audit.
+    The log grows to each size in turn; see patientkey.bench.audit and
+    patientkey.bench.audit_sql.
     """
-    from patientkey.bench.audit import AuditOptions, parse_sizes
+    from patientkey.bench.audit import DEFAULT_SIZES, AuditOptions, parse_sizes
     from patientkey.bench.audit import run as run_audit
 
     with _exit_on_error():
-        run_audit(AuditOptions(sizes=parse_sizes(sizes), samples=samples, json_out=out, seed=seed))
+        if store == "sql":
+            from patientkey.bench.audit_sql import DEFAULT_SQL_SIZES, SqlAuditOptions, run_sql
+
+            run_sql(
+                SqlAuditOptions(
+                    sizes=parse_sizes(sizes) if sizes else DEFAULT_SQL_SIZES,
+                    samples=min(samples, 10_000),
+                    db_url=db_url,
+                    json_out=out,
+                    seed=seed,
+                )
+            )
+        elif store == "memory":
+            run_audit(
+                AuditOptions(
+                    sizes=parse_sizes(sizes) if sizes else DEFAULT_SIZES,
+                    samples=samples,
+                    json_out=out,
+                    seed=seed,
+                )
+            )
+        else:
+            from patientkey.errors import InvalidInput
+
+            raise InvalidInput("--store is memory or sql")

@@ -125,14 +125,17 @@ class TransparencyLog:
             raise Forbidden("user_id does not match the client certificate")
         sth = self.integrate()
         size, known = sth.head.size, request.known_size
-        if known > size:
-            raise InvalidInput("known_size exceeds the log's size")
+        # A wallet that accepted a larger head than the log now has was shown a longer
+        # history: the log was truncated. Serve the signed smaller head anyway (no proof
+        # can exist): signed by the log, it is the wallet's evidence of the rewrite.
         # A second transaction: the nodes of a tree size never change (write once), so
         # proofs against ``size`` hold whatever was appended since, and the sequencer's
         # lock is not held while the proofs are read.
         with self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
-            consistency = [] if known in (0, size) else log.consistency_proof(known, size)
+            consistency = (
+                [] if known in (0, size) or known > size else log.consistency_proof(known, size)
+            )
             events = []
             for event in repo.audited_events(request.user_id, below=size):
                 assert event.leaf_index is not None  # audited_events returns leaves only
