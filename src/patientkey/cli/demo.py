@@ -18,11 +18,14 @@ def demo(
     workdir: Path | None = typer.Option(
         None, file_okay=False, help="Keep every party's database, config and log here."
     ),
+    ui: bool = typer.Option(
+        False, "--ui", help="Then serve the patient's wallet UI (address printed) until Ctrl-C."
+    ),
 ) -> None:
     """Bind, fetch, rotate, share and dispense across four processes, platform-blind."""
     from patientkey.demo.prescriptions import run
 
-    raise typer.Exit(run(data, workdir))
+    raise typer.Exit(run(data, workdir, ui=ui))
 
 
 def keysupply_demo(

@@ -52,7 +52,7 @@ def _prescriptions(data: Path | None, into: Path, console: Console) -> list[Clin
     return records
 
 
-def run(data: Path | None = None, workdir: Path | None = None) -> int:
+def run(data: Path | None = None, workdir: Path | None = None, *, ui: bool = False) -> int:
     console = Console()
     failures: list[str] = []
 
@@ -78,6 +78,8 @@ def run(data: Path | None = None, workdir: Path | None = None) -> int:
                 )
             )
             _story(console, net, data, check)
+            if ui:
+                _serve_ui(console, net)
         except PatientKeyError as exc:
             failures.append(f"{type(exc).__name__}: {exc.detail}")
             console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc.detail}")
@@ -224,6 +226,21 @@ def _story(
 
         console.print(meter.table())
         _blindness(console, net, records, check)
+
+
+def _serve_ui(console: Console, net: Network) -> None:
+    """``demo --ui``: the patient's wallet UI on loopback, while the deployment keeps running."""
+    from patientkey.wallet.ui import UiServer
+
+    console.rule("the patient's wallet UI")
+    with net.wallet() as wallet:
+        server = UiServer(wallet)
+        console.print(
+            "   open this address in a browser on this computer (it carries the session token):"
+        )
+        console.print(f"   [bold]{server.url}[/]", highlight=False, soft_wrap=True)
+        console.print("   serving until Ctrl-C", highlight=False)
+        server.serve()
 
 
 def _authorization_story(

@@ -10,6 +10,10 @@ Patient-approved authorization: ``identity`` (enroll proofs), ``requests``,
 comes from ``PATIENTKEY_PASSWORD`` (a new one from ``PATIENTKEY_NEW_PASSWORD``)
 or a hidden prompt; one-time codes (TOTP, SMS/email) may be options, as they
 are worthless once used.
+
+The transparency log: ``audit`` (verify and show the history, ``--fhir`` export) and
+``disclosures`` (CSV or PDF); both exit with status 3 when the platform's log was
+found rewritten, now or on an earlier sync.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from patientkey.errors import ConfigError, CryptoError, PatientKeyError
 from patientkey.service.party import passphrase_from_env
 
 if TYPE_CHECKING:
+    from patientkey.wallet.audit import AuditReport
     from patientkey.wallet.core import RecordView, WalletCore
     from patientkey.wallet.settings import WalletSettings
 
@@ -583,7 +588,7 @@ def approve(  # noqa: PLR0917 - typer passes every option by name
 ) -> None:
     """Approve a request, all of it or less, with proofs of identity."""
     from patientkey.identity.x509sig import CertificatePrivateKey, load_certificate_private_key
-    from patientkey.wallet.authz import narrowed_details
+    from patientkey.wallet.authz import chosen_details
 
     if otp_channel is not None and otp_challenge is not None:
         _fail("give either --otp (send a new code) or --otp-challenge (a code sent earlier)", 2)
@@ -604,14 +609,12 @@ def approve(  # noqa: PLR0917 - typer passes every option by name
             x509 = (chain, load_certificate_private_key(key))
     with _wallet(config) as core:
         request = core.authz.pending(request_id)
-        approved = None
-        if actions is not None or records is not None or duration is not None:
-            approved = narrowed_details(
-                request.authorization_details,
-                actions=None if actions is None else _listed(actions),
-                records=None if records is None else _listed(records),
-                duration=duration,
-            )
+        approved = chosen_details(
+            request,
+            actions=None if actions is None else _listed(actions),
+            records=None if records is None else _listed(records),
+            duration=duration,
+        )
         one_time = None
         if otp_channel is not None:
             sent = core.authz.send_otp(request_id, otp_channel.value)
@@ -693,3 +696,190 @@ def revoke(
     with _wallet(config) as core:
         grant = core.authz.revoke(grant_id)
     _out.print(f"revoked {grant.grant_id} ({grant.client_id}): its next use is refused")
+
+
+# ── the transparency log ───────────────────────────────────────────────────────────
+
+#: ``audit`` and ``disclosures`` exit with this when the platform's log contradicts itself.
+TAMPER_EXIT = 3
+
+
+class DisclosureFormat(StrEnum):
+    CSV = "csv"
+    PDF = "pdf"
+
+
+def _alarm(message: str) -> None:
+    _err.print(
+        f"[bold white on red] AUDIT LOG TAMPERING [/] [bold red]{message}[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _evidence_alarm(evidence: tuple[Any, ...]) -> None:
+    for found in evidence:
+        where = "" if found.index is None else f" (event #{found.index})"
+        _alarm(f"detected {_when(found.detected_at // 1000)}: {found.reason}{where}")
+
+
+def _synced(core: WalletCore, *, as_json: bool = False) -> AuditReport:
+    """Sync the log; on tampering say so loudly (stderr, or problem JSON) and exit."""
+    from patientkey.wallet.audit import LogKeyChanged, LogTampered
+
+    try:
+        return core.audit.sync()
+    except (LogTampered, LogKeyChanged) as exc:
+        if as_json:
+            _echo_json({"error": exc.to_problem(), "evidence": _evidence_json(core)})
+        _alarm(exc.detail)
+        _alarm("the platform's audit log was rewritten or replaced; nothing new was accepted")
+        raise typer.Exit(TAMPER_EXIT) from None
+
+
+def _evidence_json(core: WalletCore) -> list[dict[str, Any]]:
+    return [e.model_dump(mode="json") for e in core.audit.report().evidence]
+
+
+def _details(detail: Any) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(detail.items())) or "-"
+
+
+@app.command()
+def audit(
+    config: ConfigOption,
+    as_json: JsonOption = False,
+    fhir: Annotated[
+        Path | None,
+        typer.Option("--fhir", help="Also write a FHIR R4 Bundle of AuditEvents.", dir_okay=False),
+    ] = None,
+) -> None:
+    """Check the platform's transparency log and show your verified history."""
+    from patientkey.fsutil import write_private
+
+    with _wallet(config) as core:
+        report = _synced(core, as_json=as_json)
+        if fhir is not None:
+            bundle = core.audit.fhir_bundle()
+            write_private(fhir, json.dumps(bundle, indent=2).encode("utf-8"))
+    if as_json:
+        head = report.head
+        _echo_json(
+            {
+                "head": None
+                if head is None
+                else {
+                    "log_id": head.log_id,
+                    "tree_size": head.size,
+                    "timestamp": head.timestamp.isoformat(),
+                    "root_hash": head.root_hash,
+                },
+                "events": [
+                    {
+                        "index": e.index,
+                        "at": e.at.isoformat(),
+                        "kind": e.kind,
+                        "detail": dict(e.detail),
+                        "verified": e.verified,
+                    }
+                    for e in report.events
+                ],
+                "new_events": report.new_events,
+                "evidence": [e.model_dump(mode="json") for e in report.evidence],
+            }
+        )
+    else:
+        assert report.head is not None  # a successful sync accepted a head
+        table = Table(title=f"audit log of {core.user_id}")
+        for column in ("#", "when (UTC)", "event", "details", "proof"):
+            table.add_column(column)
+        for e in report.events:
+            table.add_row(
+                str(e.index),
+                e.at.strftime("%Y-%m-%d %H:%M:%S"),
+                e.kind,
+                _details(e.detail),
+                "[green]✔ verified[/]" if e.verified else "[red]✘ unverified[/]",
+            )
+        _out.print(table)
+        _out.print(
+            f"log {report.head.log_id}: tree size {report.head.size}, signed "
+            f"{report.head.timestamp:%Y-%m-%d %H:%M:%S} UTC; {report.new_events} new event(s); "
+            "every event proven included, the log proven append-only",
+            highlight=False,
+        )
+        if fhir is not None:
+            _out.print(f"FHIR AuditEvent bundle written to {fhir}", highlight=False)
+    if report.evidence:
+        # Evidence found by an earlier sync stays until the patient has dealt with it.
+        _evidence_alarm(report.evidence)
+        raise typer.Exit(TAMPER_EXIT)
+
+
+@app.command()
+def disclosures(
+    config: ConfigOption,
+    output_format: Annotated[
+        DisclosureFormat, typer.Option("--format", help="csv or pdf.")
+    ] = DisclosureFormat.CSV,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here (CSV: stdout if absent).", dir_okay=False),
+    ] = None,
+) -> None:
+    """Who received or used your records, when, under which grant (synced and verified)."""
+    from patientkey.fsutil import write_private
+    from patientkey.wallet import disclosures as accounting
+
+    if output_format is DisclosureFormat.PDF and output is None:
+        _fail("a PDF needs --output FILE", 2)
+    with _wallet(config) as core:
+        report = _synced(core)
+    rows = accounting.disclosures(report.events)
+    if output_format is DisclosureFormat.CSV:
+        text = accounting.disclosures_csv(rows)
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            write_private(output, text.encode("utf-8"))
+    else:
+        assert output is not None  # checked above
+        write_private(
+            output,
+            accounting.disclosures_pdf(
+                rows,
+                title=f"Accounting of disclosures: {core.user_id}",
+                generated_at=datetime.now(tz=UTC),
+            ),
+        )
+    if output is not None:
+        _err.print(f"{len(rows)} disclosure(s) written to {output}", highlight=False)
+    if report.evidence:
+        _evidence_alarm(report.evidence)
+        raise typer.Exit(TAMPER_EXIT)
+
+
+@app.command()
+def ui(
+    config: ConfigOption,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Local port (0: any free port).")
+    ] = 0,
+    no_open: Annotated[
+        bool, typer.Option("--no-open", help="Do not open a browser; only print the address.")
+    ] = False,
+) -> None:
+    """Serve the wallet's web UI on 127.0.0.1 until Ctrl-C (keys stay in this process)."""
+    import webbrowser
+
+    from patientkey.wallet.ui import UiServer
+
+    with _wallet(config) as core:
+        with _errors():
+            server = UiServer(core, port=port)
+        # The token is in the URL: print it to this terminal only, as Jupyter does.
+        _out.print(f"wallet UI of {core.user_id}: {server.url}", highlight=False, soft_wrap=True)
+        _out.print("press Ctrl-C to stop", highlight=False)
+        if not no_open:
+            webbrowser.open(server.url)
+        server.serve()
