@@ -272,3 +272,19 @@ def test_pdf_without_a_unicode_font_uses_helvetica_and_marks_replacements(tmp_pa
     assert b"/FontFile2" not in pdf
     assert b"/Helvetica" in pdf
     assert "Apotheke Müller [U+2013] [U+03A9]mega" in pdf_text(pdf)
+
+
+def test_empty_detail_values_are_left_out_of_the_fhir_event(events):
+    """An empty or blank detail value (FHIR forbids empty strings) is omitted, not refused."""
+    base = _by_kind(events, "bind")
+    event = TimelineEvent(
+        index=base.index,
+        at=base.at,
+        kind=base.kind,
+        detail={**base.detail, "reason": "", "note": "  ", "kept": "x"},
+        verified=True,
+    )
+    resource = audit_event(event, user_id=USER, log_id=LOG_ID)
+    types = {d["type"] for d in resource["entity"][-1]["detail"]}
+    assert "kept" in types
+    assert not {"reason", "note"} & types

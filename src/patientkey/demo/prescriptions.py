@@ -223,6 +223,7 @@ def _story(
         except Conflict:
             check(True, "a completed prescription cannot be shared again (409)")
         _revocation_story(console, net, wallet=wallet, listed=listed, check=check)
+        _audit_story(console, net, wallet=wallet, check=check)
 
         console.print(meter.table())
         _blindness(console, net, records, check)
@@ -289,6 +290,49 @@ def _revocation_story(
             check(False, "the pharmacy's next request is refused")
         except PatientKeyError as exc:
             check(exc.status == 401, f"the pharmacy's next request is refused ({exc.status})")
+
+
+def _audit_story(
+    console: Console, net: Network, *, wallet: Any, check: Callable[[bool, str], None]
+) -> None:
+    """The patient checks the platform's transparency log and prints who got what."""
+    from patientkey.wallet.disclosures import disclosures, disclosures_pdf
+
+    console.rule("audit: the patient verifies the platform's log (RFC 9162)")
+    report = wallet.audit.sync()
+    head = report.head
+    check(
+        head is not None and not report.tampered and all(e.verified for e in report.events),
+        f"{len(report.events)} events of this account, each proven in the signed tree head "
+        f"of {head.size if head else 0} entries (Ed25519, key pinned)",
+    )
+    again = wallet.audit.sync()
+    check(not again.tampered, "a second sync proves the log only grew (consistency proof)")
+    rows = disclosures(again.events)
+    table = Table(title="accounting of disclosures (from the verified log)")
+    for column in ("when", "who", "what", "record", "grant"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.at.strftime("%H:%M:%S"),
+            row.recipient,
+            row.action,
+            (row.record or "-")[-24:],
+            (row.grant_id or "-")[:8],
+        )
+    console.print(table)
+    shared = [r for r in rows if r.kind == "share.deliver"]
+    check(
+        bool(shared) and all(r.grant_id for r in shared),
+        f"{len(shared)} share(s) to {net.names.pharmacy}, each under a named grant",
+    )
+    pdf = net.workdir / "disclosures.pdf"
+    pdf.write_bytes(disclosures_pdf(rows, title="Disclosures", generated_at=again.events[-1].at))
+    bundle = wallet.audit.fhir_bundle()
+    check(
+        pdf.read_bytes().startswith(b"%PDF") and len(bundle.get("entry", [])) == len(again.events),
+        f"disclosures PDF and {len(bundle.get('entry', []))} FHIR R4 AuditEvents exported",
+    )
 
 
 def _pharmacy_story(

@@ -189,8 +189,11 @@ def audit_event(event: TimelineEvent, *, user_id: str, log_id: str) -> dict[str,
         {"type": "leaf-index", "valueString": str(event.index)},
         {"type": "verified", "valueString": _text(event.verified)},
     ]
+    # FHIR strings are non-empty and not all whitespace: an empty value is left out.
     details += [
-        {"type": key, "valueString": _text(value)} for key, value in sorted(event.detail.items())
+        {"type": key, "valueString": text}
+        for key, value in sorted(event.detail.items())
+        if (text := _text(value)).strip()
     ]
     entities.append(
         {
