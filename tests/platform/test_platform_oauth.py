@@ -125,6 +125,11 @@ def test_whole_flow_with_authlib_poll_token_introspect_revoke(ready):
     active = client.introspect_token(ISSUER + "/introspect", token=access).json()
     assert active["active"] is True
     assert active["grant_id"] == claims["grant_id"]
+    with world.authz_store.transaction() as repo:
+        checked = [e for e in repo.events(user_id="u-alice") if e.kind == "authz.introspected"]
+    assert [(e.detail["grant_id"], e.detail["actor"]) for e in checked] == [
+        (claims["grant_id"], PHARMACY)
+    ]
     record = RecordRef(record_type="prescription", his_id=HIS, p_id="rx-1")
     world.authz.check_use(access, client_id=PHARMACY, action="use", record=record, owner="u-alice")
     assert client.revoke_token(ISSUER + "/revoke", token=access).status_code == 200

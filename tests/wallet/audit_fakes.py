@@ -207,6 +207,9 @@ def realistic(log: FakeAuditLog, other: str = "u-bob") -> None:
         his_id=his,
         p_id=report,
     )
+    log.record(
+        "authz.introspected", client_id="app-diary", grant_id="g-app-1", actor="diary-backend"
+    )
     log.record("authz.refused", client_id="app-diary", grant_id="g-app-1", detail="revoked")
     log.record("pq.exchange", exchange_id="ab" * 16)
     log.record("kme.drift", ratio=1.5)  # a kind this wallet has never heard of

@@ -108,6 +108,7 @@ def test_disclosures_csv_to_stdout(cli: Cli):
         "pharmacy-1",
         "app-diary",
         "app-diary",
+        "app-diary",
     ]
     assert rows[0]["grant"] == "g-share-1"
 
@@ -119,7 +120,7 @@ def test_disclosures_pdf_to_a_file(cli: Cli, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert target.read_bytes().startswith(b"%PDF-")
     assert target.stat().st_mode & 0o777 == 0o600
-    assert "5 disclosure(s)" in result.stderr
+    assert "6 disclosure(s)" in result.stderr
     refused = cli.run("disclosures", "--format", "pdf")
     assert refused.exit_code == 2
     assert "--output" in refused.stderr

@@ -145,6 +145,7 @@ def test_disclosures_from_realistic_events(events):
         ("dispense.complete", "pharmacy-1", "his-1/rx-1", "g-share-1"),
         ("authz.token_issued", "app-diary", None, "g-app-1"),
         ("authz.used", "app-diary", "his-1/rep-1", "g-app-1"),
+        ("authz.introspected", "app-diary", None, "g-app-1"),
     ]
     assert rows[0].action == "received the record key"
     assert rows[2].action == "dispensed it"

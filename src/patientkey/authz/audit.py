@@ -28,6 +28,7 @@ class AuditKind(StrEnum):
     ISSUED = "authz.token_issued"  # an access token left the token endpoint
     USED = "authz.used"  # a live-grant check accepted a use
     REFUSED = "authz.refused"  # a live-grant check refused a use
+    INTROSPECTED = "authz.introspected"  # a resource server was told a token is active
     STEP_UP = "authz.step_up"  # fresh or stronger verification was demanded
     REVOKED = "authz.revoked"  # a grant was revoked (by the patient or the app)
 

@@ -347,6 +347,20 @@ class AuthorizationServer:
                 store=repo.grants,
                 now=self._now(),
             )
+            if body.get("active") is True:
+                # Every use of a credential is on the patient's record: a resource server
+                # acting on a token asks here first (RFC 7662 §2.1).
+                _record(
+                    repo,
+                    AuditEvent(
+                        kind=AuditKind.INTROSPECTED,
+                        at=int(self._now()),
+                        user_id=body.get("sub"),
+                        client_id=body.get("client_id"),
+                        grant_id=body.get("grant_id"),
+                        actor=client.client_id,
+                    ),
+                )
         return OAuthAnswer(200, body, _NO_STORE)
 
     def revoke(self, form: Mapping[str, str], *, endpoint: str) -> OAuthAnswer:

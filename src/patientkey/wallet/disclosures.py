@@ -14,6 +14,7 @@ FHIR export (R4, validated with the ``fhir.resources.R4B`` models, as
       records.list                 DCM 110112 Query               E
       authz.used                   DCM 110110 Patient Record      R (an app used a record)
       authz.token_issued           DCM 110114 User Authentication E
+      authz.introspected           DCM 110114 User Authentication E (a token was checked)
       authz.step_up authz.refused  DCM 110113 Security Alert      E
       authz.requested / granted    rest RESTful Operation         C
       authz.revoked                rest RESTful Operation         D
@@ -33,7 +34,8 @@ FHIR export (R4, validated with the ``fhir.resources.R4B`` models, as
 
 Accounting of disclosures: :func:`disclosures` picks who received or used which record,
 when and under which grant (``share.deliver``, ``dispense.*``, ``authz.used``,
-``authz.token_issued``); :func:`disclosures_csv` and :func:`disclosures_pdf` render them.
+``authz.token_issued``, ``authz.introspected``); :func:`disclosures_csv` and
+:func:`disclosures_pdf` render them.
 The PDF embeds DejaVu Sans when it is installed (any Unicode name prints as it is);
 otherwise it uses the core Helvetica, which only has Latin-1. Either way a character
 the font has no glyph for (DejaVu has no CJK) is printed as ``[U+XXXX]``: visibly
@@ -97,6 +99,7 @@ _TYPES: Final[tuple[tuple[str, tuple[str, str, str], str], ...]] = (
     ("record.", _RECORD, "R"),
     ("authz.used", _RECORD, "R"),
     ("authz.token_issued", _AUTHN, "E"),
+    ("authz.introspected", _AUTHN, "E"),
     ("authz.step_up", _ALERT, "E"),
     ("authz.refused", _ALERT, "E"),
     ("authz.requested", _REST, "C"),
@@ -108,7 +111,13 @@ _TYPES: Final[tuple[tuple[str, tuple[str, str, str], str], ...]] = (
     ("rotation*", _ATTRS, "U"),
 )
 # Kinds the third party or app (not the patient) set off.
-_BY_OTHERS: Final = ("dispense.", "authz.used", "authz.token_issued", "authz.requested")
+_BY_OTHERS: Final = (
+    "dispense.",
+    "authz.used",
+    "authz.token_issued",
+    "authz.introspected",
+    "authz.requested",
+)
 
 
 def _matches(kind: str, pattern: str) -> bool:
@@ -291,6 +300,8 @@ def _action(event: TimelineEvent) -> str | None:
         return f"used the record ({used})" if isinstance(used, str) and used else "used the record"
     if kind == "authz.token_issued":
         return "was issued an access token"
+    if kind == "authz.introspected":
+        return "had its access token checked (introspection)"
     return None
 
 
