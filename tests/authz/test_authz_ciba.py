@@ -573,3 +573,12 @@ def test_store_lists_pending_requests_for_the_wallet(start, request_store):
     assert request_store.by_request_id(first.request_id) == first
     with pytest.raises(Conflict):
         request_store.add(first)
+
+
+def test_auth_req_ids_never_start_with_a_dash(monkeypatch):
+    """A handle drawn with a leading '-' is drawn again: it is pasted into commands."""
+    from patientkey.authz import ciba
+
+    draws = iter(["-starts-with-a-dash", "ok-handle"])
+    monkeypatch.setattr(ciba.secrets, "token_urlsafe", lambda _n: next(draws))
+    assert ciba._auth_req_id() == "ok-handle"

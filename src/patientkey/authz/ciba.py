@@ -434,7 +434,11 @@ class Decided:
 
 
 def _auth_req_id() -> str:
-    return secrets.token_urlsafe(32)
+    # Never with a leading "-": the handle is pasted into shells and commands
+    # (`patientkey thirdparty token <auth_req_id>`), where it would read as an option.
+    while (handle := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return handle
 
 
 def _public_id() -> str:

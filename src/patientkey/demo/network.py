@@ -561,7 +561,7 @@ class Network:
             raise RuntimeError(f"the wallet shows {len(pending)} pending requests, not 1")
         proofs = {"totp": authenticator.now()} if totp else {"password": PATIENT_PASSWORD}
         outcome = wallet.authz.approve(pending[0], **proofs)
-        self.cli("thirdparty", "token", "--config", config, auth_req_id, "--wait")
+        self.cli("thirdparty", "token", "--config", config, "--wait", "--", auth_req_id)
         return auth_req_id, pending[0], outcome
 
     @contextlib.contextmanager

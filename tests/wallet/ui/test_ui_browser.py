@@ -97,7 +97,7 @@ class Setup:
     def token(self, auth_req_id: str) -> str:
         """The pharmacy collects the token the patient's decision gave it."""
         config = str(self.net.config(self.net.names.pharmacy))
-        return self.net.cli("thirdparty", "token", "--config", config, auth_req_id, "--wait")
+        return self.net.cli("thirdparty", "token", "--config", config, "--wait", "--", auth_req_id)
 
     def grant_ids(self) -> set[str]:
         with self.server.wallet.use() as core:
