@@ -26,8 +26,8 @@ from patientkey.audit import (
 )
 from patientkey.authz.errors import InsufficientUserAuthentication
 from patientkey.crypto.ratchet import RotationContext, rotation_commit, wrap_rotation_key
-from patientkey.errors import Forbidden
-from patientkey.platform.audit import LOG_ID_PREFIX
+from patientkey.errors import Forbidden, InvalidInput
+from patientkey.platform.audit import LOG_ID_PREFIX, check_log
 from patientkey.protocol.messages import (
     AuditSync,
     AuditSyncRequest,
@@ -428,3 +428,47 @@ def test_documented_entry_vector_matches_the_code():
     assert entry.leaf_hash().hex() == digest
     assert hashlib.sha256(b"\x00" + entry_bytes).hexdigest() == digest
     assert LogEntry.decode(entry_bytes) == entry
+
+
+# ── the operator's check ─────────────────────────────────────────────────────────
+
+
+def test_check_log_finds_an_intact_log_intact(sql_world):
+    """A log the platform built itself re-derives without a problem, every stored hash read."""
+    setup_alice(sql_world)
+    size = _sync(sql_world).sth.tree_size
+    seen = []
+    result = check_log(sql_world.store, chunk=3, progress=lambda d, t: seen.append((d, t)))
+    assert result.ok
+    assert result.size == size
+    assert result.nodes == sum(size >> level for level in range(size.bit_length()))
+    assert seen[-1] == (result.nodes, result.nodes)
+
+
+def test_check_log_names_altered_and_deleted_rows_and_nodes(sql_world, sqlite_db):
+    """UPDATE and DELETE of event rows and an UPDATE of an inner node are each reported."""
+    setup_alice(sql_world)
+    entries = {e.index: LogEntry.decode(e.entry) for e in _sync(sql_world).events}
+    altered, deleted = sorted(entries)[:2]
+    with sqlite_db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE event_log SET detail = :d WHERE seq = :s"),
+            {"d": '{"his_id": "elsewhere"}', "s": entries[altered].seq},
+        )
+        conn.execute(text("DELETE FROM event_log WHERE seq = :s"), {"s": entries[deleted].seq})
+        conn.execute(text("UPDATE audit_nodes SET hash = :h WHERE level = 1 AND idx = 0"),
+                     {"h": bytes(32)})  # fmt: skip
+    result = check_log(sql_world.store)
+    assert not result.ok
+    assert {(p.level, p.index, p.what) for p in result.problems} == {
+        (0, altered, "row altered"),
+        (0, deleted, "row deleted"),
+        (1, 0, "node altered"),
+        (2, 0, "node altered"),  # its parent no longer hashes its stored children either
+    }
+
+
+def test_check_log_refuses_a_bad_chunk(memory_world):
+    """A chunk outside 1..100,000 is InvalidInput."""
+    with pytest.raises(InvalidInput):
+        check_log(memory_world.store, chunk=0)

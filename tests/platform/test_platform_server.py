@@ -12,6 +12,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from platform_world import PARTIES, FakeThirdParty
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from patientkey.audit import SignedTreeHead, check_consistency, verify_tree_head
@@ -303,3 +304,21 @@ def test_transparency_log_key_is_kept_and_heads_verify(config: Path, tmp_path: P
     check_consistency(
         heads[0][0], later, [base64.urlsafe_b64decode(h + "=") for h in proof], public
     )
+
+
+def test_audit_check_cli(config: Path, tmp_path: Path):
+    """audit-check passes on an intact log and exits 1 naming a row altered by SQL."""
+    db = open_database(f"sqlite:///{tmp_path / 'platform.db'}", Party.PLATFORM)
+    db.upgrade()
+    with db, db.transaction() as session:
+        repo = PlatformRepo(session)
+        for n in range(5):
+            repo.log_event("bind", "u-alice", {"his_id": f"his-{n}"})
+        repo.sequence_events()
+    assert "intact" in _invoke("audit-check", "--config", str(config), "--chunk", "2")
+    db = open_database(f"sqlite:///{tmp_path / 'platform.db'}", Party.PLATFORM)
+    with db, db.engine.begin() as conn:
+        conn.execute(text("UPDATE event_log SET detail = '{}' WHERE leaf_index = 3"))
+    result = CliRunner().invoke(cli, ["audit-check", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "row altered" in result.output

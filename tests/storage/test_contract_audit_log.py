@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import text
 
 from patientkey.audit import SALT_LEN, MerkleLog, leaf_hash, merkle_tree_hash
-from patientkey.errors import Conflict, InvalidInput, NotFound
+from patientkey.errors import Conflict, InvalidInput
 from patientkey.storage.engine import open_database
 from patientkey.storage.repos import PlatformRepo, SqlStore
 from patientkey.storage.schema import Party
@@ -64,17 +64,24 @@ def test_sequencing_appends_events_as_consecutive_leaves_in_seq_order(platform, 
 
 
 def test_sequenced_leaf_is_the_stored_event_entry(platform):
-    """Leaf i of the tree is the hash of event_at(i)'s canonical entry, salt included."""
+    """Leaf i of the tree is the hash of leaf_events' i-th event's canonical entry, salt too."""
     _log_events(platform, "u1", "u2")
     with platform.transaction() as repo:
         repo.sequence_events()
-        for index in (0, 1):
-            event = repo.event_at(index)
-            assert event.leaf_index == index
+        events = repo.leaf_events(0, 10)
+        assert [e.leaf_index for e in events] == [0, 1]
+        for index, event in enumerate(events):
             assert repo.audit_nodes().get_nodes([(0, index)]) == [event.entry().leaf_hash()]
             assert event.entry().salt == event.salt
-        with pytest.raises(NotFound):
-            repo.event_at(2)
+        assert [e.leaf_index for e in repo.leaf_events(1, 2)] == [1]
+        assert repo.leaf_events(2, 2) == []
+
+
+@pytest.mark.parametrize("bounds", [(-1, 2), (3, 2), (0, 100_001), (True, 3)])
+def test_leaf_ranges_are_checked(platform, bounds):
+    """A negative, inverted or over-long leaf range is InvalidInput on every backend."""
+    with platform.transaction() as repo, pytest.raises(InvalidInput):
+        repo.leaf_events(*bounds)
 
 
 def test_audited_events_are_the_accounts_leaves_below_a_size(platform):

@@ -36,18 +36,27 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from patientkey.audit import MerkleLog, SignedTreeHead, TreeHead, sign_tree_head
+from patientkey.audit import (
+    MerkleLog,
+    NodeKey,
+    NodeStore,
+    SignedTreeHead,
+    TreeHead,
+    node_hash,
+    sign_tree_head,
+)
 from patientkey.crypto._util import b64url_encode
 from patientkey.errors import Forbidden, InvalidInput
 from patientkey.protocol.messages import AuditedEvent, AuditSync, AuditSyncRequest, TreeHeadView
-from patientkey.storage.repos import PlatformRepository, Store
+from patientkey.storage.repos import MAX_LEAF_RANGE, PlatformRepository, Store
 
-__all__ = ["LOG_ID_PREFIX", "TransparencyLog", "log_id_of"]
+__all__ = ["LOG_ID_PREFIX", "LogCheck", "LogProblem", "TransparencyLog", "check_log", "log_id_of"]
 
 LOG_ID_PREFIX: Final = "patientkey-platform:"
 _MAX_U63: Final = 2**63 - 1
@@ -188,3 +197,114 @@ class TransparencyLog:
                 raise InvalidInput("first must not exceed second")
             proof = [] if first in (0, second) else log.consistency_proof(first, second)
         return {"first": first, "second": second, "proof": [b64url_encode(h) for h in proof]}
+
+
+# ── the operator's check ────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class LogProblem:
+    """One place where the stored log contradicts itself."""
+
+    level: int  # 0: a leaf (an event row), above: an internal node
+    index: int
+    what: Literal["row altered", "row deleted", "node altered", "node missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogCheck:
+    """What :func:`check_log` read and found (``problems`` capped at ``max_problems``)."""
+
+    size: int  # leaves
+    nodes: int  # stored hashes checked, leaves included
+    problems: tuple[LogProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _read_nodes(nodes: NodeStore, keys: list[NodeKey]) -> list[bytes | None]:
+    try:
+        return list(nodes.get_nodes(keys))
+    except KeyError:
+        # Some node of the chunk is gone: find which, one by one (only on a damaged log).
+        out: list[bytes | None] = []
+        for key in keys:
+            try:
+                out.append(nodes.get_nodes([key])[0])
+            except KeyError:
+                out.append(None)
+        return out
+
+
+def _leaf_problems(store: Store[PlatformRepository], start: int, stop: int) -> Iterator[LogProblem]:
+    with store.transaction() as repo:
+        rows = {e.leaf_index: e for e in repo.leaf_events(start, stop)}
+        stored = _read_nodes(repo.audit_nodes(), [(0, i) for i in range(start, stop)])
+    for index, digest in zip(range(start, stop), stored, strict=True):
+        event = rows.get(index)
+        if digest is None:
+            yield LogProblem(0, index, "node missing")
+        elif event is None:
+            yield LogProblem(0, index, "row deleted")
+        elif event.entry().leaf_hash() != digest:
+            yield LogProblem(0, index, "row altered")
+
+
+def _node_problems(
+    store: Store[PlatformRepository], level: int, start: int, stop: int
+) -> Iterator[LogProblem]:
+    keys = [(level, i) for i in range(start, stop)]
+    children = [(level - 1, j) for i in range(start, stop) for j in (2 * i, 2 * i + 1)]
+    with store.transaction() as repo:
+        nodes = repo.audit_nodes()
+        parents, kids = _read_nodes(nodes, keys), _read_nodes(nodes, children)
+    for offset, parent in enumerate(parents):
+        left, right = kids[2 * offset], kids[2 * offset + 1]
+        if parent is None:
+            yield LogProblem(level, start + offset, "node missing")
+        elif left is not None and right is not None and parent != node_hash(left, right):
+            yield LogProblem(level, start + offset, "node altered")
+
+
+def check_log(
+    store: Store[PlatformRepository],
+    *,
+    chunk: int = 10_000,
+    max_problems: int = 100,
+    progress: Callable[[int, int], None] | None = None,
+) -> LogCheck:
+    """Re-derive the whole stored log from the event rows: the operator's own audit.
+
+    A wallet notices a rewrite of its own events on its next sync; this finds any
+    row altered or deleted since it was sequenced (its leaf hash no longer matches),
+    and any stored internal node that is not the hash of its two stored children (so
+    an altered node shows at its parent too) — without waiting for a patient.
+    ``progress(done, total)`` is called after each chunk of leaves or nodes; each
+    chunk is read in its own short transaction.
+    """
+    if not 1 <= chunk <= MAX_LEAF_RANGE:
+        raise InvalidInput(f"chunk must be 1..{MAX_LEAF_RANGE:,}")
+    with store.transaction() as repo:
+        size = MerkleLog(repo.audit_nodes()).size
+    # Level 0 holds every leaf, level L the size >> L complete subtrees of 2**L leaves.
+    chunks = [
+        (level, start, min(start + chunk, size >> level))
+        for level in range(size.bit_length())
+        for start in range(0, size >> level, chunk)
+    ]
+    total = sum(stop - start for _, start, stop in chunks)
+    problems: list[LogProblem] = []
+    done = 0
+    for level, start, stop in chunks:
+        found = (
+            _leaf_problems(store, start, stop)
+            if level == 0
+            else _node_problems(store, level, start, stop)
+        )
+        problems.extend(found)
+        done += stop - start
+        if progress is not None:
+            progress(done, total)
+    return LogCheck(size=size, nodes=total, problems=tuple(problems[:max_problems]))

@@ -4,7 +4,9 @@
   write the wallet half (key material, mode 0600); creates the account;
 * ``register-thirdparty`` — register a third party from its export JSON;
 * ``events`` — the event log (metadata only), optionally of one account;
-* ``stats`` — row counts.
+* ``stats`` — row counts;
+* ``audit-check`` — re-derive the transparency log from the event rows (exit 1 if
+  a row or node was changed after it was logged).
 
 Every command reads the platform's TOML file and migrates its database first, so
 they work before the server ever ran.
@@ -251,3 +253,44 @@ def stats_command(config: ConfigOption) -> None:
     for name, value in counts.items():
         table.add_row(name, str(value))
     console.print(table)
+
+
+@app.command("audit-check")
+def audit_check_command(
+    config: ConfigOption,
+    chunk: Annotated[int, typer.Option(min=1, max=100_000, help="Leaves per read.")] = 10_000,
+) -> None:
+    """Re-derive the transparency log from the event rows; exit 1 if anything was rewritten.
+
+    Finds event rows altered or deleted after they were sequenced and stored tree
+    nodes that are not the hash of their children (``platform.audit.check_log``).
+    """
+    from patientkey.platform.audit import check_log
+
+    try:
+        _, db = _open(config)
+        with (
+            db,
+            Progress(
+                TextColumn("checking the log"), BarColumn(), MofNCompleteColumn(), console=console
+            ) as bar,
+        ):
+            task = bar.add_task("check", total=None)
+            result = check_log(
+                SqlStore(db, PlatformRepo),
+                chunk=chunk,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except PatientKeyError as exc:
+        raise _fail(exc) from exc
+    if result.ok:
+        console.print(
+            f"[green]✔[/] the log of {result.size:,} events is intact "
+            f"({result.nodes:,} stored hashes re-derived)"
+        )
+        return
+    table = Table("level", "index", "problem", title="[bold red]the stored log was rewritten[/]")
+    for problem in result.problems:
+        table.add_row(str(problem.level), str(problem.index), problem.what)
+    console.print(table)
+    raise typer.Exit(1)

@@ -101,6 +101,7 @@ from patientkey.storage.repos import (
     _check_key_ids,
     _check_kue_direction,
     _check_kue_keys,
+    _check_leaf_range,
     _check_nodes,
     _check_pem,
     _check_share_kind,
@@ -507,12 +508,12 @@ class MemoryPlatformRepo:
         ]
         return sorted(mine, key=lambda e: e.leaf_index or 0)
 
-    def event_at(self, leaf_index: int) -> Event:
-        _check_u63("leaf_index", leaf_index)
-        for event in self._s.events:
-            if event.leaf_index == leaf_index:
-                return event
-        raise NotFound("no event at this leaf index")
+    def leaf_events(self, start: int, stop: int) -> list[Event]:
+        _check_leaf_range(start, stop)
+        found = [
+            e for e in self._s.events if e.leaf_index is not None and start <= e.leaf_index < stop
+        ]
+        return sorted(found, key=lambda e: e.leaf_index or 0)
 
     def listing(self, user_id: str) -> list[ListedRecord]:
         _check_id("user_id", user_id)

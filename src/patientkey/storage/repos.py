@@ -515,8 +515,9 @@ class PlatformRepository(Protocol):
         """The account's events with a leaf index below ``below``, by leaf index."""
         ...
 
-    def event_at(self, leaf_index: int) -> Event:
-        """The event that is leaf ``leaf_index`` (``NotFound`` if none is)."""
+    def leaf_events(self, start: int, stop: int) -> list[Event]:
+        """The events that are leaves ``start`` to ``stop - 1``, by leaf index (a leaf
+        whose row is gone is simply absent; at most 100,000 leaves per call)."""
         ...
 
     def listing(self, user_id: str) -> list[ListedRecord]:
@@ -800,6 +801,17 @@ def _check_events_query(user_id: str | None, after: int, limit: int) -> None:
         _check_id("user_id", user_id)
     _check_int("after", after, 0)
     _check_int("limit", limit, 1)
+
+
+MAX_LEAF_RANGE: Final = 100_000
+
+
+def _check_leaf_range(start: int, stop: int) -> None:
+    """Shared with the memory twin: a leaf range is 0 <= start <= stop, at most 100,000."""
+    _check_u63("start", start)
+    _check_u63("stop", stop)
+    if not start <= stop <= start + MAX_LEAF_RANGE:
+        raise InvalidInput(f"a leaf range is start <= stop <= start + {MAX_LEAF_RANGE:,}")
 
 
 def _check_u63(name: str, value: object) -> int:
@@ -1575,12 +1587,14 @@ class PlatformRepo(_SqlRepo):
         )
         return [_event(r) for r in self._session.scalars(stmt)]
 
-    def event_at(self, leaf_index: int) -> Event:
-        _check_u63("leaf_index", leaf_index)
-        row = self._one_or_none(EventRow, EventRow.leaf_index == leaf_index)
-        if row is None:
-            raise NotFound("no event at this leaf index")
-        return _event(row)
+    def leaf_events(self, start: int, stop: int) -> list[Event]:
+        _check_leaf_range(start, stop)
+        stmt = (
+            select(EventRow)
+            .where(EventRow.leaf_index >= start, EventRow.leaf_index < stop)
+            .order_by(EventRow.leaf_index)
+        )
+        return [_event(r) for r in self._session.scalars(stmt)]
 
     # listing and counts
 
