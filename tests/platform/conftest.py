@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from platform_world import PARTIES, World
 
 from patientkey.pki import init_pki
 from patientkey.storage import Database, PlatformRepo, SqlStore, open_database
+from patientkey.storage.authz import authz_store, totp_vault
 from patientkey.storage.memory import platform_store
 from patientkey.storage.schema import Party
 
@@ -49,3 +51,14 @@ def world(store: object, pki: Path) -> World:
 def memory_world(pki: Path) -> World:
     """The same world on an in-memory store only (adapter tests)."""
     return World(platform_store(), pki)
+
+
+@pytest.fixture
+def sql_world(sqlite_db: Database, pki: Path) -> World:
+    """The world on a real SQLite platform database, the authorization unit's events in it
+    too (the transparency log's tests tamper with its rows)."""
+    return World(
+        SqlStore(sqlite_db, PlatformRepo),
+        pki,
+        authz_store=authz_store(sqlite_db, vault=totp_vault(os.urandom(32))),
+    )

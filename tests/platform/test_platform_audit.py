@@ -40,8 +40,6 @@ from patientkey.protocol.messages import (
     RotatePrepare,
 )
 from patientkey.protocol.routes import AUDIT_CONSISTENCY, AUDIT_INCLUSION, AUDIT_STH, AUDIT_SYNC
-from patientkey.storage import Database, PlatformRepo, SqlStore
-from patientkey.storage.authz import authz_store, totp_vault
 
 ALICE = "u-alice"
 
@@ -250,16 +248,6 @@ def test_openapi_documents_the_audit_routes(memory_world):
 
 
 # ── tampering with the platform database ─────────────────────────────────────────
-
-
-@pytest.fixture
-def sql_world(sqlite_db: Database, pki: Path) -> World:
-    """The world on a real SQLite platform database, the authorization unit's events in it too."""
-    return World(
-        SqlStore(sqlite_db, PlatformRepo),
-        pki,
-        authz_store=authz_store(sqlite_db, vault=totp_vault(os.urandom(32))),
-    )
 
 
 def test_editing_an_event_row_breaks_its_inclusion_proof(sql_world, sqlite_db):

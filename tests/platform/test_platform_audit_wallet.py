@@ -10,8 +10,6 @@ and ``audit_nodes``. The wallet must notice each change on its next sync.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,22 +20,10 @@ from sqlalchemy import text
 from patientkey.audit import LogEntry
 from patientkey.protocol.messages import AuditSync, AuditSyncRequest, Message
 from patientkey.protocol.routes import AUDIT_SYNC
-from patientkey.storage import Database, PlatformRepo, SqlStore
-from patientkey.storage.authz import authz_store, totp_vault
 from patientkey.wallet.audit import LogTampered, WalletAudit
 from patientkey.wallet.store import WalletState
 
 ALICE = "u-alice"
-
-
-@pytest.fixture
-def sql_world(sqlite_db: Database, pki: Path) -> World:
-    """The platform world on a real SQLite database."""
-    return World(
-        SqlStore(sqlite_db, PlatformRepo),
-        pki,
-        authz_store=authz_store(sqlite_db, vault=totp_vault(os.urandom(32))),
-    )
 
 
 class _Wallet:

@@ -14,7 +14,7 @@ from audit_fakes import LOG_ID, T0, FakeAuditLog, realistic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wallet_fakes import USER
+from wallet_fakes import USER, Saved
 
 from patientkey.audit import LogEntry, LogRewritten, ProofInvalid
 from patientkey.errors import InvalidInput, PatientKeyError, error_classes
@@ -27,20 +27,6 @@ from patientkey.wallet.audit import (
     accept_sync,
 )
 from patientkey.wallet.store import WalletState
-
-
-class Saved:
-    """A StateStore keeping every saved version of the keystore document."""
-
-    def __init__(self, state: WalletState) -> None:
-        self.state = state
-        self.versions: list[bytes] = []
-
-    def save(self) -> None:
-        self.versions.append(self.state.to_bytes())
-
-    def last(self) -> WalletState:
-        return WalletState.from_bytes(self.versions[-1])
 
 
 def make(log: FakeAuditLog, state: WalletState | None = None) -> tuple[WalletAudit, Saved]:

@@ -19,7 +19,7 @@ import pytest
 from authz_fakes import DETAILS, HIS, FakeAuthz
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wallet_fakes import PASSPHRASE, USER
+from wallet_fakes import PASSPHRASE, USER, Saved
 
 from patientkey.authz.errors import InvalidAuthorizationDetails
 from patientkey.authz.rar import (
@@ -56,20 +56,6 @@ from patientkey.wallet.store import DeviceSecret, WalletKeystore, WalletState
 
 CHEAP = Argon2Params(time_cost=1, memory_cost=64, parallelism=1)
 PASSWORD = "a long enough password"
-
-
-class Saved:
-    """A StateStore that keeps every saved version of the keystore document."""
-
-    def __init__(self, state: WalletState) -> None:
-        self.state = state
-        self.versions: list[bytes] = []
-
-    def save(self) -> None:
-        self.versions.append(self.state.to_bytes())
-
-    def last(self) -> WalletState:
-        return WalletState.from_bytes(self.versions[-1])
 
 
 def make(fake: FakeAuthz, state: WalletState | None = None) -> tuple[WalletAuthz, Saved]:

@@ -642,3 +642,17 @@ class World:
         wallet.enroll(self.code)
         wallet.bind(HIS)
         return wallet
+
+
+class Saved:
+    """A StateStore keeping every saved version of the keystore document."""
+
+    def __init__(self, state: WalletState) -> None:
+        self.state = state
+        self.versions: list[bytes] = []
+
+    def save(self) -> None:
+        self.versions.append(self.state.to_bytes())
+
+    def last(self) -> WalletState:
+        return WalletState.from_bytes(self.versions[-1])
