@@ -15,7 +15,10 @@ the HTTP layer never decides a status code on its own::
     ├── RateLimited                       429
     ├── CryptoError                       400  ONE opaque error for every crypto failure
     │   └── ProofInvalid                  400  an audit log proof or tree head did not verify
-    │       └── LogRewritten              502  the audit log contradicts a head it signed
+    │       ├── LogRewritten              502  the audit log contradicts a head it signed
+    │       │   └── LogTampered           502  (wallet) an accepted event deleted or altered
+    │       └── LogKeyChanged             502  (wallet) the log signs with another key
+    ├── LogDamaged                        503  the audit log's store lacks a node it must hold
     ├── ConfigError                       500  local mis-configuration (refuses to start)
     ├── PeerUnavailable                   502  a party we depend on did not answer
     ├── StoreBusy                         503  the database stayed locked / pool exhausted
@@ -24,7 +27,9 @@ the HTTP layer never decides a status code on its own::
         ├── KeySupplyUnauthorized         401  the KME does not know us / key not ours
         └── KeyUnavailable                503  no key material (pool empty, link aborted)
 
-``ProofInvalid`` and ``LogRewritten`` are defined in :mod:`patientkey.audit`.
+``ProofInvalid``, ``LogRewritten`` and ``LogDamaged`` are defined in
+:mod:`patientkey.audit`; ``LogTampered`` and ``LogKeyChanged`` in
+:mod:`patientkey.wallet.audit`.
 
 Rules: messages never contain key material or health data; crypto failures
 never say *why* (the precise reason goes only to the local log, see

@@ -15,6 +15,7 @@ from platform_world import ENVIRONMENT, HIS, World
 from sqlalchemy import text
 
 from patientkey.audit import (
+    LogDamaged,
     LogEntry,
     ProofInvalid,
     SignedTreeHead,
@@ -460,3 +461,16 @@ def test_check_log_refuses_a_bad_chunk(memory_world):
     """A chunk outside 1..100,000 is InvalidInput."""
     with pytest.raises(InvalidInput):
         check_log(memory_world.store, chunk=0)
+
+
+def test_missing_nodes_are_a_damaged_log_not_a_crash(sql_world, sqlite_db):
+    """Nodes deleted under the log: proofs answer 503 audit-log-damaged, sync LogDamaged."""
+    setup_alice(sql_world)
+    size = _sync(sql_world).sth.tree_size
+    with sqlite_db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_nodes WHERE level = 0 AND idx IN (0, 1)"))
+    http = sql_world.client(None)
+    body = _problem(http.get(AUDIT_INCLUSION, params={"index": 0, "tree_size": size}), 503)
+    assert body["type"].endswith("/audit-log-damaged")
+    with pytest.raises(LogDamaged):
+        _sync(sql_world)

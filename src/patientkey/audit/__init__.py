@@ -25,7 +25,7 @@ says so loudly and carries both heads). Malformed input raises
 :class:`~patientkey.errors.InvalidInput`.
 """
 
-from patientkey.audit._errors import ProofInvalid
+from patientkey.audit._errors import LogDamaged, ProofInvalid
 from patientkey.audit.entry import SALT_LEN, LogEntry, datetime_ms
 from patientkey.audit.log import MemoryNodeStore, MerkleLog, NodeKey, NodeStore, StoredNode
 from patientkey.audit.merkle import (
@@ -53,6 +53,7 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_LEN",
     "SALT_LEN",
+    "LogDamaged",
     "LogEntry",
     "LogRewritten",
     "MemoryNodeStore",

@@ -6,6 +6,7 @@
     └── ProofInvalid             a proof or a tree head signature did not verify
         └── LogRewritten (502)   the log contradicts a tree head it signed before
                                  (defined in :mod:`patientkey.audit.sth`)
+    LogDamaged (503)             the log's own store lacks a node it must hold
 
 ``ProofInvalid`` is opaque like every :class:`~patientkey.errors.CryptoError`:
 its text is the same whatever failed; the precise reason is kept in
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import logging
 
-from patientkey.errors import CryptoError
+from patientkey.errors import CryptoError, PatientKeyError
 
-__all__ = ["ProofInvalid", "proof_failure"]
+__all__ = ["LogDamaged", "ProofInvalid", "proof_failure"]
 
 
 class ProofInvalid(CryptoError):
@@ -36,3 +37,16 @@ def proof_failure(log: logging.Logger, reason: str) -> ProofInvalid:
     """
     log.warning("audit proof refused: %s", reason, stacklevel=2)
     return ProofInvalid(reason)
+
+
+class LogDamaged(PatientKeyError):
+    """The log's store lacks a hash it must hold (rows deleted under it).
+
+    Not the caller's fault and not a transient lock: the log cannot prove anything
+    until an operator looks (``patientkey platform audit-check``). 503 rather than a
+    bare 500 so the answer says what is wrong.
+    """
+
+    problem = "audit-log-damaged"
+    title = "The audit log's store is damaged"
+    status = 503

@@ -37,12 +37,14 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from patientkey.audit import (
+    LogDamaged,
     MerkleLog,
     NodeKey,
     NodeStore,
@@ -72,6 +74,17 @@ def _size(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U63:
         raise InvalidInput(f"{what} must be an integer from 0 to 2**63 - 1")
     return value
+
+
+@contextmanager
+def _intact() -> Iterator[None]:
+    """A node missing from the store (``KeyError`` by the NodeStore contract) is LogDamaged."""
+    try:
+        yield
+    except KeyError as exc:
+        raise LogDamaged(
+            "the audit log's store lacks a node; run `patientkey platform audit-check`"
+        ) from exc
 
 
 class TransparencyLog:
@@ -109,7 +122,7 @@ class TransparencyLog:
     def integrate(self) -> SignedTreeHead:
         """Make every waiting event a leaf, then sign the head of the whole log."""
         while True:
-            with self._store.transaction() as repo:
+            with _intact(), self._store.transaction() as repo:
                 added = repo.sequence_events(self._batch)
                 if len(added) < self._batch:
                     # Still under the sequencer's lock: see the module docstring.
@@ -140,7 +153,7 @@ class TransparencyLog:
         # A second transaction: the nodes of a tree size never change (write once), so
         # proofs against ``size`` hold whatever was appended since, and the sequencer's
         # lock is not held while the proofs are read.
-        with self._store.transaction() as repo:
+        with _intact(), self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
             consistency = (
                 [] if known in (0, size) or known > size else log.consistency_proof(known, size)
@@ -172,7 +185,7 @@ class TransparencyLog:
         """The audit path of leaf ``index`` in the tree of ``tree_size`` leaves."""
         _size(index, "index")
         _size(tree_size, "tree_size")
-        with self._store.transaction() as repo:
+        with _intact(), self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
             if tree_size > log.size:
                 raise InvalidInput("tree_size exceeds the log's size")
@@ -189,7 +202,7 @@ class TransparencyLog:
         """The proof that the tree of ``second`` leaves extends the one of ``first``."""
         _size(first, "first")
         _size(second, "second")
-        with self._store.transaction() as repo:
+        with _intact(), self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
             if second > log.size:
                 raise InvalidInput("second exceeds the log's size")

@@ -55,8 +55,8 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -1119,6 +1119,11 @@ _SET_LEAF: Final = (
 # index + 1 is their count: one look-up at the end of the primary key, not a scan.
 _LAST_LEAF: Final = select(func.max(_NODES.c.idx)).where(_NODES.c.level == 0)
 _INSERT_NODE: Final = insert(_NODES)
+# One statement of one shape whatever the keys (an expanding row-value IN): compiled once
+# and cached, where an OR per level built a new statement for every proof.
+_GET_NODES: Final = select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash).where(
+    tuple_(_NODES.c.level, _NODES.c.idx).in_(bindparam("keys", expanding=True))
+)
 _TAKE_ONE_KUE: Final = (
     delete(_KUE)
     .where(
@@ -1192,18 +1197,11 @@ class SqlNodeStore:
     def get_nodes(self, keys: Sequence[NodeKey]) -> list[bytes]:
         if not keys:
             return []
-        by_level: dict[int, set[int]] = {}
-        for level, index in keys:
-            by_level.setdefault(level, set()).add(index)
-        stmt = select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash).where(
-            or_(
-                *(
-                    and_(_NODES.c.level == level, _NODES.c.idx.in_(sorted(indices)))
-                    for level, indices in by_level.items()
-                )
-            )
-        )
-        found = {(level, idx): bytes(digest) for level, idx, digest in self._session.execute(stmt)}
+        wanted = {"keys": sorted(set(keys))}
+        found = {
+            (level, idx): bytes(digest)
+            for level, idx, digest in self._session.execute(_GET_NODES, wanted)
+        }
         try:
             return [found[(level, index)] for level, index in keys]
         except KeyError:
