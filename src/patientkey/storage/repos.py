@@ -35,6 +35,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import secrets
@@ -49,14 +50,15 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Result,
+    Select,
     Table,
     and_,
     bindparam,
     delete,
     func,
     insert,
+    or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -1119,11 +1121,29 @@ _SET_LEAF: Final = (
 # index + 1 is their count: one look-up at the end of the primary key, not a scan.
 _LAST_LEAF: Final = select(func.max(_NODES.c.idx)).where(_NODES.c.level == 0)
 _INSERT_NODE: Final = insert(_NODES)
-# One statement of one shape whatever the keys (an expanding row-value IN): compiled once
-# and cached, where an OR per level built a new statement for every proof.
-_GET_NODES: Final = select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash).where(
-    tuple_(_NODES.c.level, _NODES.c.idx).in_(bindparam("keys", expanding=True))
-)
+
+
+@functools.cache
+def _get_nodes_statement(levels: int) -> Select[Any]:
+    """``(level = :l0 AND idx IN :i0) OR …`` for ``levels`` levels, built once per count.
+
+    Building the clause for every proof cost more than the query; a row-value
+    ``(level, idx) IN (…)`` would be one shape, but SQLite scans the table for it,
+    while an OR of per-level index ranges is an index search on both databases.
+    """
+    return select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash).where(
+        or_(
+            *(
+                and_(
+                    _NODES.c.level == bindparam(f"l{n}"),
+                    _NODES.c.idx.in_(bindparam(f"i{n}", expanding=True)),
+                )
+                for n in range(levels)
+            )
+        )
+    )
+
+
 _TAKE_ONE_KUE: Final = (
     delete(_KUE)
     .where(
@@ -1197,11 +1217,14 @@ class SqlNodeStore:
     def get_nodes(self, keys: Sequence[NodeKey]) -> list[bytes]:
         if not keys:
             return []
-        wanted = {"keys": sorted(set(keys))}
-        found = {
-            (level, idx): bytes(digest)
-            for level, idx, digest in self._session.execute(_GET_NODES, wanted)
-        }
+        by_level: dict[int, set[int]] = {}
+        for level, index in keys:
+            by_level.setdefault(level, set()).add(index)
+        params: dict[str, Any] = {}
+        for n, (level, indices) in enumerate(by_level.items()):
+            params[f"l{n}"], params[f"i{n}"] = level, sorted(indices)
+        rows = self._session.execute(_get_nodes_statement(len(by_level)), params)
+        found = {(row[0], row[1]): bytes(row[2]) for row in rows}
         try:
             return [found[(level, index)] for level, index in keys]
         except KeyError:
