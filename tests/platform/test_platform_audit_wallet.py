@@ -17,8 +17,9 @@ from platform_flows import fetch, setup_alice
 from platform_world import World
 from sqlalchemy import text
 
-from patientkey.audit import LogEntry
-from patientkey.protocol.messages import AuditSync, AuditSyncRequest, Message
+from patientkey.audit import LogEntry, TreeHead, sign_tree_head
+from patientkey.platform import audit as platform_audit
+from patientkey.protocol.messages import AuditSync, AuditSyncRequest, Message, TreeHeadView
 from patientkey.protocol.routes import AUDIT_SYNC
 from patientkey.wallet.audit import LogTampered, WalletAudit
 from patientkey.wallet.store import WalletState
@@ -143,3 +144,50 @@ def test_answer_shape_is_the_protocol_message(sql_world):
     setup_alice(sql_world)
     answer = sql_world.audit.sync(ALICE, AuditSyncRequest(user_id=ALICE))
     assert AuditSync.model_validate_json(answer.model_dump_json()) == answer
+
+
+def test_wallet_syncs_a_history_longer_than_one_page(sql_world, sqlite_db, monkeypatch):
+    """Pages of 3 events: the wallet gathers every page against one head and still
+    detects a deleted row behind the first page."""
+    monkeypatch.setattr(platform_audit, "SYNC_PAGE", 3)
+    alice = setup_alice(sql_world)
+    fetch(sql_world, alice, "rx-1")
+    wallet = _Wallet(sql_world)
+    report = wallet.audit.sync()
+    served = sql_world.audit.sync(ALICE, AuditSyncRequest(user_id=ALICE))
+    assert served.more
+    assert len(served.events) == 3
+    assert len(report.events) > 3
+    assert [e.index for e in report.events] == sorted(e.index for e in report.events)
+    last = report.events[-1]
+    with sqlite_db.engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM event_log WHERE seq = :s"),
+            {"s": LogEntry.decode(wallet.state.audit.events[last.index].encode()).seq},
+        )
+    with pytest.raises(LogTampered):
+        wallet.audit.sync()
+
+
+def test_a_later_page_against_another_root_is_a_fork(sql_world, monkeypatch):
+    """A later page whose head has the same size but another root is kept as evidence."""
+    monkeypatch.setattr(platform_audit, "SYNC_PAGE", 2)
+    setup_alice(sql_world)
+    wallet = _Wallet(sql_world)
+    wallet.audit.sync()
+    log = sql_world.audit
+    real = log.sync
+
+    def forked(caller: str, request: AuditSyncRequest) -> AuditSync:
+        answer = real(caller, request)
+        if request.tree_size is None:
+            return answer
+        # The same key signs a head of the same size over another root.
+        head = TreeHead(request.tree_size, bytes(32), answer.sth.timestamp)
+        sth = sign_tree_head(log._key, head, log.log_id)
+        return answer.model_copy(update={"sth": TreeHeadView.model_validate(sth.to_dict())})
+
+    monkeypatch.setattr(log, "sync", forked)
+    with pytest.raises(LogTampered):
+        wallet.audit.sync()
+    assert wallet.audit.report().tampered

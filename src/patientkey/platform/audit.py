@@ -58,9 +58,19 @@ from patientkey.errors import Forbidden, InvalidInput
 from patientkey.protocol.messages import AuditedEvent, AuditSync, AuditSyncRequest, TreeHeadView
 from patientkey.storage.repos import MAX_LEAF_RANGE, PlatformRepository, Store
 
-__all__ = ["LOG_ID_PREFIX", "LogCheck", "LogProblem", "TransparencyLog", "check_log", "log_id_of"]
+__all__ = [
+    "LOG_ID_PREFIX",
+    "SYNC_PAGE",
+    "LogCheck",
+    "LogProblem",
+    "TransparencyLog",
+    "check_log",
+    "log_id_of",
+]
 
 LOG_ID_PREFIX: Final = "patientkey-platform:"
+#: Events per sync answer: about 1.5 KB each with a 20-hash proof, well under a message.
+SYNC_PAGE: Final = 500
 _MAX_U63: Final = 2**63 - 1
 
 
@@ -130,36 +140,57 @@ class TransparencyLog:
 
     def _sign(self, repo: PlatformRepository) -> SignedTreeHead:
         log = MerkleLog(repo.audit_nodes())
+        return self._head(log, log.size)
+
+    def _head(self, log: MerkleLog, size: int) -> SignedTreeHead:
         with self._time_lock:
             now = max(int(self._clock() * 1000), self._last_ms)
             self._last_ms = now
-        head = TreeHead(size=log.size, root_hash=log.root(), timestamp_ms=now)
+        head = TreeHead(size=size, root_hash=log.root(size), timestamp_ms=now)
         return sign_tree_head(self._key, head, self.log_id)
 
     # ── the wallet's sync ────────────────────────────────────────────────────────
 
     def sync(self, caller: str, request: AuditSyncRequest) -> AuditSync:
         """The account's events with inclusion proofs against a fresh signed head, and
-        that head's consistency with the one of ``known_size`` the wallet holds."""
+        that head's consistency with the one of ``known_size`` the wallet holds.
+
+        Events come in pages of :data:`SYNC_PAGE` by leaf index (``more``: ask again
+        with ``tree_size`` = this head's size and ``after`` = the last index): a
+        patient's history outgrows one message. A later page proves against the first
+        page's tree size and carries a head of that size signed again, no consistency.
+        """
         if not self._is_wallet(caller):
             raise Forbidden("this operation is for wallets")
         if request.user_id != caller:
             raise Forbidden("user_id does not match the client certificate")
-        sth = self.integrate()
-        size, known = sth.head.size, request.known_size
-        # A wallet that accepted a larger head than the log now has was shown a longer
-        # history: the log was truncated. Serve the signed smaller head anyway (no proof
-        # can exist): signed by the log, it is the wallet's evidence of the rewrite.
+        known = request.known_size
+        if request.tree_size is None:
+            sth = self.integrate()
+            size = sth.head.size
+        else:
+            size = request.tree_size
         # A second transaction: the nodes of a tree size never change (write once), so
         # proofs against ``size`` hold whatever was appended since, and the sequencer's
         # lock is not held while the proofs are read.
         with _intact(), self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
+            if request.tree_size is not None:
+                if size > log.size:
+                    raise InvalidInput("tree_size exceeds the log's size")
+                sth = self._head(log, size)
+            # A wallet that accepted a larger head than the log now has was shown a
+            # longer history: the log was truncated. Serve the signed smaller head anyway
+            # (no proof can exist): signed by the log, it is the wallet's evidence.
+            first_page = request.tree_size is None
             consistency = (
-                [] if known in (0, size) or known > size else log.consistency_proof(known, size)
+                log.consistency_proof(known, size) if first_page and 0 < known < size else []
+            )
+            found = repo.audited_events(
+                request.user_id, below=size, after=request.after, limit=SYNC_PAGE + 1
             )
             events = []
-            for event in repo.audited_events(request.user_id, below=size):
+            for event in found[:SYNC_PAGE]:
                 assert event.leaf_index is not None  # audited_events returns leaves only
                 events.append(
                     AuditedEvent(
@@ -173,6 +204,7 @@ class TransparencyLog:
             log_key=self.public_key,
             consistency=consistency,
             events=events,
+            more=len(found) > SYNC_PAGE,
         )
 
     # ── public reads: hashes only ────────────────────────────────────────────────

@@ -511,6 +511,10 @@ class AuditSyncRequest(Message):
     user_id: Ident
     # The size of the last tree head the wallet accepted (0: none yet).
     known_size: int = Field(default=0, ge=0, le=_MAX_U63)
+    # A later page: the size of the first page's head (proofs against it, no new head
+    # sequenced) and the last leaf index already received.
+    tree_size: int | None = Field(default=None, ge=0, le=_MAX_U63)
+    after: int = Field(default=-1, ge=-1, le=_MAX_U63)
 
 
 class AuditedEvent(Message):
@@ -529,7 +533,8 @@ class AuditSync(Message):
     sth: TreeHeadView
     log_key: B64Bytes = Field(min_length=32, max_length=32)  # Ed25519 public key (raw)
     consistency: list[B64Bytes] = Field(max_length=128)  # known_size -> sth.tree_size
-    events: list[AuditedEvent] = Field(max_length=100_000)
+    events: list[AuditedEvent] = Field(max_length=1000)  # a page, by leaf index
+    more: bool = False  # more events: ask again with tree_size and after
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

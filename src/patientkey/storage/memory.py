@@ -89,6 +89,7 @@ from patientkey.storage.repos import (
     ThirdParty,
     ThirdPartyRepository,
     _aware,
+    _check_audited_query,
     _check_batch,
     _check_bytes,
     _check_claim_state,
@@ -107,7 +108,6 @@ from patientkey.storage.repos import (
     _check_share_kind,
     _check_stamp,
     _check_text,
-    _check_u63,
     _check_window,
     _claim_step,
     _listed,
@@ -498,15 +498,16 @@ class MemoryPlatformRepo:
             self._s.events[at] = replace(event, leaf_index=leaf)
         return leaves
 
-    def audited_events(self, user_id: str, *, below: int) -> list[Event]:
-        _check_id("user_id", user_id)
-        _check_u63("below", below)
+    def audited_events(
+        self, user_id: str, *, below: int, after: int = -1, limit: int | None = None
+    ) -> list[Event]:
+        _check_audited_query(user_id, below, after, limit)
         mine = [
             e
             for e in self._s.events
-            if e.user_id == user_id and e.leaf_index is not None and e.leaf_index < below
+            if e.user_id == user_id and e.leaf_index is not None and after < e.leaf_index < below
         ]
-        return sorted(mine, key=lambda e: e.leaf_index or 0)
+        return sorted(mine, key=lambda e: e.leaf_index or 0)[:limit]
 
     def leaf_events(self, start: int, stop: int) -> list[Event]:
         _check_leaf_range(start, stop)

@@ -513,8 +513,11 @@ class PlatformRepository(Protocol):
         one after the other (PostgreSQL: ``pg_advisory_xact_lock``; SQLite: one writer)."""
         ...
 
-    def audited_events(self, user_id: str, *, below: int) -> list[Event]:
-        """The account's events with a leaf index below ``below``, by leaf index."""
+    def audited_events(
+        self, user_id: str, *, below: int, after: int = -1, limit: int | None = None
+    ) -> list[Event]:
+        """The account's events with a leaf index in ``(after, below)``, by leaf index,
+        at most ``limit`` of them."""
         ...
 
     def leaf_events(self, start: int, stop: int) -> list[Event]:
@@ -806,6 +809,16 @@ def _check_events_query(user_id: str | None, after: int, limit: int) -> None:
 
 
 MAX_LEAF_RANGE: Final = 100_000
+
+
+def _check_audited_query(user_id: str, below: int, after: int, limit: int | None) -> None:
+    """Shared with the memory twin: the arguments of ``audited_events``."""
+    _check_id("user_id", user_id)
+    _check_u63("below", below)
+    if isinstance(after, bool) or not isinstance(after, int) or not -1 <= after < 2**63:
+        raise InvalidInput("after must be -1 or a leaf index")
+    if limit is not None:
+        _check_int("limit", limit, 1)
 
 
 def _check_leaf_range(start: int, stop: int) -> None:
@@ -1594,17 +1607,20 @@ class PlatformRepo(_SqlRepo):
         )
         return leaves
 
-    def audited_events(self, user_id: str, *, below: int) -> list[Event]:
-        _check_id("user_id", user_id)
-        _check_u63("below", below)
+    def audited_events(
+        self, user_id: str, *, below: int, after: int = -1, limit: int | None = None
+    ) -> list[Event]:
+        _check_audited_query(user_id, below, after, limit)
         stmt = (
             select(EventRow)
             .where(
                 EventRow.user_id == user_id,
                 EventRow.leaf_index.is_not(None),
+                EventRow.leaf_index > after,
                 EventRow.leaf_index < below,
             )
             .order_by(EventRow.leaf_index)
+            .limit(limit)
         )
         return [_event(r) for r in self._session.scalars(stmt)]
 

@@ -2,8 +2,8 @@
 
 Every sync asks the platform for its latest signed tree head, a consistency proof
 from the head the wallet accepted last, and every event of the account, each with an
-inclusion proof (``AuditSyncRequest`` / ``AuditSync``). The wallet accepts the answer
-only when all of this holds, in this order:
+inclusion proof (``AuditSyncRequest`` / ``AuditSync``, in pages against one head). The
+wallet accepts the answer only when all of this holds, in this order:
 
 1. the log key is the one pinned on the first sync (trust on first use; a different
    key is refused loudly: :class:`LogKeyChanged`);
@@ -303,10 +303,8 @@ class WalletAudit:
         """
         held = self._state.audit
         known = 0 if held is None else held.sth.head.size
-        answer = self._call(
-            AUDIT_SYNC, AuditSyncRequest(user_id=self.user_id, known_size=known), AuditSync
-        )
         try:
+            answer = self._fetch(known)
             accepted = accept_sync(held, self.user_id, answer)
         except (LogTampered, LogKeyChanged) as exc:
             self._keep_evidence(exc)
@@ -321,6 +319,41 @@ class WalletAudit:
             evidence=accepted.evidence,
             new_events=new,
         )
+
+    def _fetch(self, known: int) -> AuditSync:
+        """Every page of the answer, as one ``AuditSync`` against the first page's head.
+
+        A later page must come from the same log and prove against the same tree: a
+        head of the same size signed with another root is a forked log (evidence).
+        """
+        first = self._call(
+            AUDIT_SYNC, AuditSyncRequest(user_id=self.user_id, known_size=known), AuditSync
+        )
+        events, page, head = list(first.events), first, _served_head(first)
+        while page.more:
+            if not page.events:
+                raise InvalidInput("the platform announced more events and sent none")
+            page = self._call(
+                AUDIT_SYNC,
+                AuditSyncRequest(
+                    user_id=self.user_id,
+                    known_size=known,
+                    tree_size=head.head.size,
+                    after=page.events[-1].index,
+                ),
+                AuditSync,
+            )
+            if not hmac.compare_digest(page.log_key, first.log_key):
+                raise LogKeyChanged(first.log_key, page.log_key)
+            again = _served_head(page)
+            verify_tree_head(_public_key(first.log_key), again)
+            if again.head.size != head.head.size or again.head.root_hash != head.head.root_hash:
+                raise LogTampered(
+                    "one log signed two trees for one sync", old=head, new=again, index=None
+                )
+            events += page.events
+        # Pages were checked as they came; the merged answer is checked as a whole.
+        return first.model_copy(update={"events": events, "more": False})
 
     def _keep_evidence(self, exc: LogTampered | LogKeyChanged) -> None:
         held = self._state.audit
