@@ -69,7 +69,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from patientkey.authz.catalog import Decision, Method, Scenario
@@ -98,8 +97,11 @@ from patientkey.storage.repos import (
     _check_id,
     _check_int,
     _check_pem,
+    _check_seconds,
     _check_text,
+    _insert_new_statement,
     _rowcount,
+    _upsert_statement,
     utc_now,
 )
 from patientkey.storage.schema import (
@@ -111,7 +113,6 @@ from patientkey.storage.schema import (
     LockoutRow,
     OAuthClientRow,
     OtpChallengeRow,
-    PlatformBase,
     RevokedTokenRow,
     TotpRow,
 )
@@ -143,7 +144,6 @@ MAX_JWKS_BYTES: Final = 64 * 1024
 ContactChannel = Literal["sms", "email"]
 
 _Row = Row[*tuple[Any, ...]]
-_MAX_SECONDS: Final = 2**63 - 1
 _CAS_RETRIES: Final = 16
 _TOTP_ROW_NAME: Final = "totp"
 _TOTP_VAULT_LABEL: Final = b"patientkey/authz/totp-at-rest/v1"
@@ -314,12 +314,6 @@ class AuthzRepository(Protocol):
 
 # ─────────────────────────────────────────────────────────────── input checks
 # Shared with the in-memory twin so that both refuse exactly the same input.
-
-
-def _check_seconds(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SECONDS:
-        raise InvalidInput(f"{name} must be unix seconds (a non-negative integer)")
-    return value
 
 
 def _check_instant(name: str, value: object) -> float:
@@ -885,27 +879,6 @@ _PURGE_REVOKED: Final = delete(_REVOKED).where(_REVOKED.c.expires_at <= bindpara
 _PURGE_ASSERTIONS: Final = delete(_ASSERTIONS).where(_ASSERTIONS.c.expires_at <= bindparam("now"))
 
 
-@functools.cache
-def _insert_new_statement(dialect: str, table: str) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING RETURNING <first key column>`` on ``table``."""
-    target = PlatformBase.metadata.tables[table]
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    key = next(iter(target.primary_key.columns))
-    return insert(target).on_conflict_do_nothing().returning(key)
-
-
-@functools.cache
-def _upsert_statement(dialect: str, table: str, columns: tuple[str, ...]) -> Any:
-    """``INSERT … ON CONFLICT (<primary key>) DO UPDATE SET <columns>`` on ``table``."""
-    target = PlatformBase.metadata.tables[table]
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(target)
-    return statement.on_conflict_do_update(
-        index_elements=list(target.primary_key.columns),
-        set_={name: statement.excluded[name] for name in columns},
-    )
-
-
 # ─────────────────────────────────────────────────────────────── SQL implementation
 
 
@@ -921,7 +894,6 @@ class _Part:
     def _insert_new(self, table: str, values: Mapping[str, Any]) -> bool:
         """Insert a row with a new key; False (and nothing written) if the key exists."""
         statement = _insert_new_statement(self._dialect, table)
-        # RETURNING, not rowcount: psycopg reports no rowcount for ON CONFLICT DO NOTHING.
         return self._db.execute(statement, values).first() is not None
 
     def _upsert(self, table: str, values: Mapping[str, Any], columns: tuple[str, ...]) -> None:

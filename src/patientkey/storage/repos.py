@@ -87,6 +87,7 @@ from patientkey.storage.schema import (
     KueKeyRow,
     KuhKeyRow,
     PatientRow,
+    PlatformBase,
     PlatformRecordRow,
     PqExchangeRow,
     RateLimitRow,
@@ -835,6 +836,13 @@ def _check_u63(name: str, value: object) -> int:
     return value
 
 
+def _check_seconds(name: str, value: object) -> int:
+    """Unix seconds as the authorization unit stores them (BIGINT): 0 to 2**63 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U63:
+        raise InvalidInput(f"{name} must be unix seconds (a non-negative integer)")
+    return value
+
+
 def _check_nodes(nodes: Sequence[StoredNode]) -> list[StoredNode]:
     """Well-formed ``(level, index, hash)`` triples with no key twice (else InvalidInput)."""
     out: list[StoredNode] = []
@@ -987,6 +995,32 @@ def _dialect_insert(session: Session) -> Callable[..., postgresql.Insert | sqlit
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert
     return sqlite.insert
+
+
+@functools.cache
+def _insert_new_statement(dialect: str, table: str) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING <first key column>`` on ``table``.
+
+    A known key becomes "no row returned", not a database error, which on PostgreSQL
+    would abort the caller's whole transaction. RETURNING, not rowcount: psycopg
+    reports no rowcount for ON CONFLICT DO NOTHING.
+    """
+    target = PlatformBase.metadata.tables[table]
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    key = next(iter(target.primary_key.columns))
+    return insert(target).on_conflict_do_nothing().returning(key)
+
+
+@functools.cache
+def _upsert_statement(dialect: str, table: str, columns: tuple[str, ...]) -> Any:
+    """``INSERT … ON CONFLICT (<primary key>) DO UPDATE SET <columns>`` on ``table``."""
+    target = PlatformBase.metadata.tables[table]
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(target)
+    return statement.on_conflict_do_update(
+        index_elements=list(target.primary_key.columns),
+        set_={name: statement.excluded[name] for name in columns},
+    )
 
 
 def _rowcount(result: Result[Any]) -> int:

@@ -17,13 +17,11 @@ with the checks below. Tables ``webauthn_credentials`` and ``webauthn_challenges
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from patientkey.errors import Conflict, InvalidInput
 from patientkey.identity.webauthn import (
@@ -32,7 +30,13 @@ from patientkey.identity.webauthn import (
     b64url,
     b64url_decode,
 )
-from patientkey.storage.repos import _check_id, _rowcount
+from patientkey.storage.repos import (
+    _check_id,
+    _check_seconds,
+    _insert_new_statement,
+    _rowcount,
+    _upsert_statement,
+)
 from patientkey.storage.schema import WebAuthnChallengeRow, WebAuthnCredentialRow
 
 __all__ = [
@@ -43,7 +47,6 @@ __all__ = [
 ]
 
 MAX_CHALLENGE_BYTES: Final = 64
-_MAX_SECONDS: Final = 2**63 - 1
 _MAX_SIGN_COUNT: Final = 2**32 - 1
 
 
@@ -96,12 +99,6 @@ class WebAuthnCredentials(Protocol):
 
 # ─────────────────────────────────────────────────────────────── input checks
 # Shared with the in-memory twin so that both refuse exactly the same input.
-
-
-def _check_seconds(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SECONDS:
-        raise InvalidInput(f"{name} must be unix seconds (a non-negative integer)")
-    return value
 
 
 def _check_credential(credential: object) -> WebAuthnCredential:
@@ -179,27 +176,6 @@ _TAKE_CHALLENGE: Final = (
 )
 
 
-@functools.cache
-def _insert_new(dialect: str) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING RETURNING credential_id``: no database error
-    (which would abort a PostgreSQL transaction) for a known id."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(_CREDENTIALS).on_conflict_do_nothing().returning(_CREDENTIALS.c.credential_id)
-
-
-@functools.cache
-def _put_challenge(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(_CHALLENGES)
-    return statement.on_conflict_do_update(
-        index_elements=[_CHALLENGES.c.user_id],
-        set_={
-            "challenge": statement.excluded.challenge,
-            "expires_at": statement.excluded.expires_at,
-        },
-    )
-
-
 def _row_credential(row: Any) -> EnrolledWebAuthnCredential:
     transports = tuple(t for t in row.transports.split(",") if t)
     return EnrolledWebAuthnCredential(
@@ -232,7 +208,8 @@ class SqlWebAuthnCredentials:
             "transports": ",".join(credential.transports),
             "created_at": created_at,
         }
-        if self._db.execute(_insert_new(self._dialect), values).first() is None:
+        statement = _insert_new_statement(self._dialect, _CREDENTIALS.name)
+        if self._db.execute(statement, values).first() is None:
             raise Conflict("passkey registered already")
         return _enrolled(credential, created_at)
 
@@ -266,7 +243,8 @@ class SqlWebAuthnCredentials:
             "challenge": _check_registration_challenge(challenge),
             "expires_at": _check_seconds("expires_at", expires_at),
         }
-        self._db.execute(_put_challenge(self._dialect), values)
+        statement = _upsert_statement(self._dialect, _CHALLENGES.name, ("challenge", "expires_at"))
+        self._db.execute(statement, values)
 
     def take_challenge(self, user_id: str, now: int) -> bytes | None:
         _check_id("user_id", user_id)
