@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from platform_flows import BODY, fetch, setup_alice, share
 from platform_world import ENVIRONMENT, HIS, World
 from sqlalchemy import text
@@ -28,7 +28,7 @@ from patientkey.audit import (
 from patientkey.authz.errors import InsufficientUserAuthentication
 from patientkey.crypto.ratchet import RotationContext, rotation_commit, wrap_rotation_key
 from patientkey.errors import Forbidden, InvalidInput
-from patientkey.platform.audit import LOG_ID_PREFIX, check_log
+from patientkey.platform.audit import LOG_ID_PREFIX, TransparencyLog, check_log
 from patientkey.protocol.messages import (
     AuditSync,
     AuditSyncRequest,
@@ -41,6 +41,7 @@ from patientkey.protocol.messages import (
     RotatePrepare,
 )
 from patientkey.protocol.routes import AUDIT_CONSISTENCY, AUDIT_INCLUSION, AUDIT_STH, AUDIT_SYNC
+from patientkey.storage.memory import platform_store
 
 ALICE = "u-alice"
 
@@ -474,3 +475,20 @@ def test_missing_nodes_are_a_damaged_log_not_a_crash(sql_world, sqlite_db):
     assert body["type"].endswith("/audit-log-damaged")
     with pytest.raises(LogDamaged):
         _sync(sql_world)
+
+
+def test_public_head_is_reused_for_a_second_then_integrated_again():
+    """GET sth within PUBLIC_HEAD_MAX_AGE_MS serves the same head; later it sequences anew."""
+    store = platform_store()
+    now = [1_800_000_000.0]
+    log = TransparencyLog(store, Ed25519PrivateKey.generate(), is_wallet=bool, clock=lambda: now[0])
+    with store.transaction() as repo:
+        repo.log_event("bind", "u-alice", {"his_id": "his-1"})
+    first = log.sth()
+    with store.transaction() as repo:
+        repo.log_event("bind", "u-alice", {"his_id": "his-2"})
+    now[0] += 0.5
+    assert log.sth() == first
+    now[0] += 0.6
+    later = log.sth()
+    assert (first["tree_size"], later["tree_size"]) == (1, 2)

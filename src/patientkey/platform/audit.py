@@ -56,7 +56,7 @@ from patientkey.audit import (
 from patientkey.crypto._util import b64url_encode
 from patientkey.errors import Forbidden, InvalidInput
 from patientkey.protocol.messages import AuditedEvent, AuditSync, AuditSyncRequest, TreeHeadView
-from patientkey.storage.repos import MAX_LEAF_RANGE, PlatformRepository, Store
+from patientkey.storage.repos import MAX_LEAF_RANGE, PlatformRepository, Store, _check_u63
 
 __all__ = [
     "LOG_ID_PREFIX",
@@ -71,19 +71,14 @@ __all__ = [
 LOG_ID_PREFIX: Final = "patientkey-platform:"
 #: Events per sync answer: about 1.5 KB each with a 20-hash proof, well under a message.
 SYNC_PAGE: Final = 500
-_MAX_U63: Final = 2**63 - 1
+#: How long ``GET /v1/audit/sth`` serves the same head (a wallet's sync always integrates).
+PUBLIC_HEAD_MAX_AGE_MS: Final = 1000
 
 
 def log_id_of(signing_key: Ed25519PrivateKey) -> str:
     """``patientkey-platform:<hex SHA-256 of the raw public key>``: the log is its key."""
     raw = signing_key.public_key().public_bytes_raw()
     return LOG_ID_PREFIX + hashlib.sha256(raw).hexdigest()
-
-
-def _size(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U63:
-        raise InvalidInput(f"{what} must be an integer from 0 to 2**63 - 1")
-    return value
 
 
 @contextmanager
@@ -121,6 +116,7 @@ class TransparencyLog:
         # Heads of this process never go back in time, even if the wall clock does.
         self._last_ms = 0
         self._time_lock = threading.Lock()
+        self._public_head: SignedTreeHead | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -210,13 +206,26 @@ class TransparencyLog:
     # ── public reads: hashes only ────────────────────────────────────────────────
 
     def sth(self) -> dict[str, Any]:
-        """The latest signed tree head as JSON (``SignedTreeHead.to_dict``) + ``log_key``."""
-        return {**self.integrate().to_dict(), "log_key": b64url_encode(self.public_key)}
+        """The latest signed tree head as JSON (``SignedTreeHead.to_dict``) + ``log_key``.
+
+        The route needs no certificate, so a head integrated within the last
+        :data:`PUBLIC_HEAD_MAX_AGE_MS` is served again: a flood of anonymous GETs must
+        not queue write transactions (and signatures) behind the platform's traffic.
+        A wallet's sync always integrates.
+        """
+        now_ms = int(self._clock() * 1000)
+        with self._time_lock:
+            cached = self._public_head
+        if cached is None or not 0 <= now_ms - cached.head.timestamp_ms < PUBLIC_HEAD_MAX_AGE_MS:
+            cached = self.integrate()
+            with self._time_lock:
+                self._public_head = cached
+        return {**cached.to_dict(), "log_key": b64url_encode(self.public_key)}
 
     def inclusion(self, index: int, tree_size: int) -> dict[str, Any]:
         """The audit path of leaf ``index`` in the tree of ``tree_size`` leaves."""
-        _size(index, "index")
-        _size(tree_size, "tree_size")
+        _check_u63("index", index)
+        _check_u63("tree_size", tree_size)
         with _intact(), self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
             if tree_size > log.size:
@@ -232,8 +241,8 @@ class TransparencyLog:
 
     def consistency(self, first: int, second: int) -> dict[str, Any]:
         """The proof that the tree of ``second`` leaves extends the one of ``first``."""
-        _size(first, "first")
-        _size(second, "second")
+        _check_u63("first", first)
+        _check_u63("second", second)
         with _intact(), self._store.transaction() as repo:
             log = MerkleLog(repo.audit_nodes())
             if second > log.size:
