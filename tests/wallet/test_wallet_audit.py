@@ -385,3 +385,32 @@ def test_realistic_events_verify():
     assert "kme.drift" in kinds
     assert 3 not in [e.index for e in report.events]
     assert len(report.events) == len(log.entries) - 1
+
+
+def _paged(log: FakeAuditLog, replay: bool) -> None:
+    """Serve ``log`` as pages of one event that always announce more (a hostile platform)."""
+    honest = log.answer
+
+    def answer(request):
+        full = honest(request)
+        if request.after < 0 or replay:
+            events = full.events[:1]  # the same first event, again and again
+        else:
+            events = [e for e in full.events if e.index > request.after][:1]
+        return full.model_copy(update={"events": events, "more": True})
+
+    log.answer = answer
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_pages_that_never_end_are_refused_and_nothing_is_accepted(replay: bool):
+    """A page that repeats events, or "more" past the tree's end, is refused: no endless sync."""
+    log = FakeAuditLog()
+    for i in range(3):
+        log.record("record.fetch", his_id="his-1", p_id=f"rx-{i}")
+    _paged(log, replay)
+    wallet, saved = make(log)
+    with pytest.raises(InvalidInput):
+        wallet.sync()
+    assert len(log.requests) <= 3
+    assert saved.versions == []

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -54,7 +54,7 @@ from patientkey.audit import (
 )
 from patientkey.audit.entry import DetailValue
 from patientkey.errors import InvalidInput
-from patientkey.protocol.messages import AuditSync, AuditSyncRequest, Message
+from patientkey.protocol.messages import AuditSync, AuditSyncRequest
 from patientkey.protocol.routes import AUDIT_SYNC
 from patientkey.wallet.authz import PlatformCall
 from patientkey.wallet.store import AuditEvidence, AuditState, WalletState
@@ -71,8 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-M = TypeVar("M", bound=Message)
 
 #: Distinct pieces of evidence kept; a log that keeps misbehaving must not grow the keystore.
 MAX_EVIDENCE: Final = 100
@@ -147,6 +145,16 @@ class TimelineEvent:
     kind: str
     detail: Mapping[str, DetailValue]
     verified: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON, ``at`` in ISO 8601: ``wallet audit --json`` and the UI alike."""
+        return {
+            "index": self.index,
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "detail": dict(self.detail),
+            "verified": self.verified,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,13 +341,18 @@ class WalletAudit:
         while page.more:
             if not page.events:
                 raise InvalidInput("the platform announced more events and sent none")
+            # Each page must move on within the tree, or a platform could keep the wallet
+            # asking forever: ``after`` grows with every page and stays below the size.
+            after = page.events[-1].index
+            if after >= head.head.size - 1:
+                raise InvalidInput("the platform announced more events than its tree holds")
             page = self._call(
                 AUDIT_SYNC,
                 AuditSyncRequest(
                     user_id=self.user_id,
                     known_size=known,
                     tree_size=head.head.size,
-                    after=page.events[-1].index,
+                    after=after,
                 ),
                 AuditSync,
             )
@@ -351,6 +364,8 @@ class WalletAudit:
                 raise LogTampered(
                     "one log signed two trees for one sync", old=head, new=again, index=None
                 )
+            if any(event.index <= after for event in page.events):
+                raise InvalidInput("a later page repeats events of an earlier one")
             events += page.events
         # Pages were checked as they came; the merged answer is checked as a whole.
         return first.model_copy(update={"events": events, "more": False})

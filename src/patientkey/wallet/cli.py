@@ -774,16 +774,7 @@ def audit(
                     "timestamp": head.timestamp.isoformat(),
                     "root_hash": head.root_hash,
                 },
-                "events": [
-                    {
-                        "index": e.index,
-                        "at": e.at.isoformat(),
-                        "kind": e.kind,
-                        "detail": dict(e.detail),
-                        "verified": e.verified,
-                    }
-                    for e in report.events
-                ],
+                "events": [e.to_json() for e in report.events],
                 "new_events": report.new_events,
                 "evidence": [e.model_dump(mode="json") for e in report.evidence],
             }
