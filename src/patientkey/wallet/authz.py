@@ -87,13 +87,13 @@ __all__ = [
     "chosen_details",
     "granted_details",
     "narrowed_details",
+    "request_choices",
     "user_agent",
 ]
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-B = TypeVar("B", bound=Message)
 
 MAX_INBOX_WAIT: Final = 30
 """The platform holds one inbox long poll for at most this many seconds (InboxRequest)."""
@@ -199,6 +199,25 @@ def chosen_details(
     )
 
 
+def request_choices(request: PendingRequest) -> dict[str, Any]:
+    """What the patient may narrow ``request`` to: its actions, named records, longest duration.
+
+    Read from the parsed details, the view :func:`narrowed_details` checks choices
+    against (``duration`` None: some object asks for no limit). Details the wallet
+    cannot parse offer no choice: approving such a request fails anyway.
+    """
+    try:
+        asked = parse_authorization_details(list(request.authorization_details))
+    except InvalidInput:
+        return {"actions": [], "records": [], "duration": None}
+    durations = [entry.duration for entry in asked]
+    return {
+        "actions": list(dict.fromkeys(a for entry in asked for a in entry.actions)),
+        "records": list(dict.fromkeys(i for entry in asked for i in entry.records.ids or ())),
+        "duration": None if None in durations else max(d for d in durations if d is not None),
+    }
+
+
 def _chosen_actions(
     asked: Sequence[HealthRecordAccess], actions: Collection[str] | None
 ) -> set[str] | None:
@@ -248,7 +267,7 @@ def _chosen_duration(asked: Sequence[HealthRecordAccess], duration: str | int | 
     return seconds
 
 
-def _build(cls: type[B], **fields: Any) -> B:
+def _build(cls: type[M], **fields: Any) -> M:
     """``cls(**fields)``; InvalidInput naming the field (never its value: it may be secret)."""
     try:
         return cls(**fields)

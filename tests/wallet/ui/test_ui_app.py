@@ -278,6 +278,17 @@ def test_the_inbox_shows_who_what_why_and_the_choices(ui: Ui):
     problem(ui.client.get("/api/inbox?wait=60"), 400)  # the lock is never held that long
 
 
+def test_a_request_the_wallet_cannot_parse_is_listed_without_choices(ui: Ui):
+    """Odd authorization_details from the platform do not turn the inbox into a 500."""
+    request = ui.fake.ask()
+    odd = [{"type": "health_record_access", "records": "all", "actions": "view"}]
+    ui.fake.pending[request.request_id] = request.model_copy(update={"authorization_details": odd})
+    answer = ui.client.get("/api/inbox")
+    assert answer.status_code == 200, answer.text
+    (listed,) = answer.json()["requests"]
+    assert listed["choices"] == {"actions": [], "records": [], "duration": None}
+
+
 def test_approving_part_of_a_request_with_totp_signs_the_narrowed_grant(ui: Ui):
     """Fewer actions and records and a shorter duration, TOTP + device signature: verified."""
     ui.enroll()
@@ -503,6 +514,20 @@ def test_a_proof_that_does_not_verify_is_reported_unverified(ui: Ui, audited: An
     body = ui.client.post("/api/audit/sync").json()
     assert body["state"] == "unverified"
     assert "inclusion" not in json.dumps(body["problem"])  # the reason stays in the local log
+
+
+def test_a_failed_sync_while_evidence_is_held_still_reports_rewritten(ui: Ui, audited: Any):
+    """A sync refused for any reason (e.g. a changed log key) keeps the held evidence's verdict."""
+    audit = FakeAudit(ProofInvalid("the log key differs"))
+    evidence = AuditEvidence(
+        problem="audit-log-key-changed", reason="key changed", detected_at=1_700_000_000_000
+    )
+    audit.held = AuditReport(head=HEAD, events=(EVENT,), evidence=(evidence,))
+    audited(audit)
+    body = ui.client.post("/api/audit/sync").json()
+    assert body["state"] == "rewritten"
+    assert body["evidence"][0]["problem"] == "audit-log-key-changed"
+    assert ui.client.get("/api/audit").json()["state"] == "rewritten"
 
 
 def test_evidence_held_from_an_earlier_sync_keeps_the_banner(ui: Ui, audited: Any):

@@ -60,8 +60,8 @@ from patientkey.errors import (
 )
 from patientkey.protocol.messages import PendingRequest
 from patientkey.service.http import BodyLimit, install_problem_handlers, problem_response
-from patientkey.wallet.audit import AuditReport, TimelineEvent
-from patientkey.wallet.authz import chosen_details
+from patientkey.wallet.audit import AuditReport
+from patientkey.wallet.authz import chosen_details, request_choices
 from patientkey.wallet.core import WalletCore
 from patientkey.wallet.disclosures import disclosures, disclosures_csv, disclosures_pdf
 
@@ -212,16 +212,7 @@ def _jsonable(value: Any) -> Any:  # noqa: PLR0911 - one return per JSON kind
 def _request_json(request: PendingRequest) -> dict[str, Any]:
     """A pending request as the page shows it; ``choices`` are what it may narrow."""
     body = request.model_dump(mode="json", exclude={"nonce"})
-    actions: list[str] = []
-    ids: list[str] = []
-    durations: list[int | None] = []
-    for entry in request.authorization_details:
-        actions += [a for a in entry.get("actions", []) if a not in actions]
-        ids += [i for i in entry.get("records", {}).get("ids", []) if i not in ids]
-        duration = entry.get("duration")
-        durations.append(duration if isinstance(duration, int) else None)
-    longest = None if None in durations else max(d for d in durations if d is not None)
-    body["choices"] = {"actions": actions, "records": ids, "duration": longest}
+    body["choices"] = request_choices(request)
     return body
 
 
@@ -283,16 +274,6 @@ def _qr_data_uri(text: str) -> str:
     return uri
 
 
-def _event_json(event: TimelineEvent) -> dict[str, Any]:
-    return {
-        "index": event.index,
-        "at": _jsonable(event.at),
-        "kind": event.kind,
-        "detail": _jsonable(event.detail),
-        "verified": event.verified,
-    }
-
-
 def _audit_json(
     report: AuditReport, state: str | None = None, problem: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -303,7 +284,7 @@ def _audit_json(
         "state": state,
         "problem": problem,
         "head": _jsonable(report.head),
-        "events": [_event_json(e) for e in report.events],
+        "events": [e.to_json() for e in report.events],
         "evidence": _jsonable(report.evidence),
         "new_events": report.new_events,
         "disclosures": _jsonable(disclosures(report.events)),
@@ -438,9 +419,6 @@ def _routes(app: FastAPI, access: WalletAccess, *, token: str, session: str) -> 
     def approve(request_id: str, body: ApproveBody) -> dict[str, Any]:
         if (body.otp_challenge is None) != (body.otp_code is None):
             raise InvalidInput("a one-time code needs its challenge (send the code first)")
-        extra: dict[str, Any] = {}
-        if body.webauthn is not None:
-            extra["webauthn"] = body.webauthn  # approve() gains the keyword with WebAuthn
         with access.use() as core:
             request = core.authz.pending(request_id)
             approved = _choices(request, body)
@@ -454,7 +432,7 @@ def _routes(app: FastAPI, access: WalletAccess, *, token: str, session: str) -> 
                 else (body.otp_challenge, body.otp_code),
                 # The device key signs whenever it is enrolled: one more factor, no typing.
                 device=core.authz.device_enrolled,
-                **extra,
+                webauthn=_blank(body.webauthn),
             )
         return {**outcome.model_dump(mode="json"), "narrowed": approved is not None}
 
@@ -534,8 +512,11 @@ def _routes(app: FastAPI, access: WalletAccess, *, token: str, session: str) -> 
             except ProofInvalid as exc:
                 # Not an error of this UI but the verdict the patient must see, with the
                 # evidence; the timeline verified before stays valid and is shown with it.
-                state = "rewritten" if isinstance(exc, LogRewritten) else "unverified"
-                return _audit_json(core.audit.report(), state, exc.to_problem())
+                held = core.audit.report()
+                rewritten = isinstance(exc, LogRewritten) or held.tampered
+                return _audit_json(
+                    held, "rewritten" if rewritten else "unverified", exc.to_problem()
+                )
 
     @app.get("/api/audit/disclosures.csv")
     def download_csv() -> Response:
