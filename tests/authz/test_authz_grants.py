@@ -21,7 +21,14 @@ from patientkey.authz.errors import (
     InvalidToken,
     UnsupportedTokenType,
 )
-from patientkey.authz.grants import GrantStatus, check, create_grant, grant_next, revoke_grant
+from patientkey.authz.grants import (
+    GrantStatus,
+    check,
+    create_grant,
+    find_use,
+    grant_next,
+    revoke_grant,
+)
 from patientkey.authz.introspection import introspect
 from patientkey.authz.rar import RecordRef
 from patientkey.authz.revocation import revoke_token
@@ -111,6 +118,22 @@ def test_check_accepts_a_granted_use(grant_store, issuer, verifier):
     assert use.grant == grant
     assert use.event.kind is AuditKind.USED
     assert (use.event.action, use.event.his_id, use.event.p_id) == ("fetch", "HIS-1", "P-17")
+
+
+def test_find_use_takes_only_a_live_grant_to_that_client(grant_store):
+    """The share gate: a live grant covering the action, to that client; else None."""
+    grant, _ = _grant(grant_store)
+    gate = {"user_id": "alice", "client_id": "pharmacy-1", "record": P17}
+    use = find_use(grant_store, action="view", now=NOW + 1, **gate)
+    assert use is not None
+    assert use.grant == grant
+    assert use.event.kind is AuditKind.USED
+    assert (use.event.actor, use.event.action, use.event.p_id) == ("alice", "view", "P-17")
+    assert find_use(grant_store, action="download", now=NOW + 1, **gate) is None
+    assert find_use(grant_store, action="view", now=NOW + 1, **{**gate, "client_id": "x"}) is None
+    assert find_use(grant_store, action="view", now=NOW + 8 * 86400, **gate) is None
+    revoke_grant(grant_store, "g-1", by="patient", actor="alice", now=NOW + 2)
+    assert find_use(grant_store, action="view", now=NOW + 3, **gate) is None
 
 
 def test_revocation_is_effective_on_the_very_next_check(grant_store, issuer, verifier, catalog):

@@ -25,6 +25,7 @@ from patientkey.authz.clients import CIBA_GRANT_TYPE, ClientInfo, RegisteredClie
 from patientkey.authz.metadata import DEFAULT_PATHS, SCENARIOS_MEMBER, server_metadata
 from patientkey.errors import ConfigError
 from patientkey.identity.assurance import ACR_VALUES
+from patientkey.protocol import routes
 
 NOW = 1_800_000_000
 _ED = OKPKey.generate_key("Ed25519")
@@ -117,6 +118,23 @@ def test_ciba_members(metadata):
     assert metadata["backchannel_token_delivery_modes_supported"] == ["poll", "ping"]
     assert metadata["backchannel_user_code_parameter_supported"] is True
     assert "backchannel_authentication_request_signing_alg_values_supported" not in metadata
+
+
+def test_user_code_support_is_the_callers_to_say(catalog):
+    """A server whose users keep no user_code advertises none (CIBA §4)."""
+    doc = server_metadata(ISSUER, catalog=catalog, user_code=False)
+    assert doc["backchannel_user_code_parameter_supported"] is False
+
+
+def test_default_paths_are_the_platforms_routes():
+    """The advertised endpoints are the routes the platform serves them on."""
+    assert DEFAULT_PATHS == {
+        "backchannel_authentication_endpoint": routes.OAUTH_BC_AUTHORIZE,
+        "token_endpoint": routes.OAUTH_TOKEN,
+        "introspection_endpoint": routes.OAUTH_INTROSPECT,
+        "revocation_endpoint": routes.OAUTH_REVOKE,
+        "jwks_uri": routes.OAUTH_JWKS,
+    }
 
 
 def test_client_authentication_members(metadata):

@@ -97,6 +97,13 @@ def test_discovery_documents_advertise_ciba_and_rar(ready):
         assert CIBA_GRANT_TYPE in meta["grant_types_supported"]
 
 
+def test_discovery_advertises_no_user_code(ready):
+    """No patient can set a CIBA user_code, so the platform does not offer the parameter."""
+    http = _client(ready)
+    meta = http.request("GET", ISSUER + "/.well-known/openid-configuration", withhold_token=True)
+    assert meta.json()["backchannel_user_code_parameter_supported"] is False
+
+
 def test_whole_flow_with_authlib_poll_token_introspect_revoke(ready):
     """Authlib asks, polls (pending, slow_down), gets the token, introspects and revokes it."""
     world = ready

@@ -66,6 +66,7 @@ __all__ = [
     "Use",
     "check",
     "create_grant",
+    "find_use",
     "grant_next",
     "revoke_grant",
 ]
@@ -124,6 +125,10 @@ class Grant:
         """True while ``entry`` (of this grant or of a token for it) has not run out."""
         assert entry.duration is not None  # every granted object carries one
         return now < self.created_at + entry.duration
+
+    def allows(self, action: Action, record: RecordRef, now: int) -> bool:
+        """True if an entry of this grant, still in force, allows ``action`` on ``record``."""
+        return any(self.in_force(e, now) and e.allows(action, record) for e in self.details)
 
     def view(self, now: int) -> dict[str, Any]:
         """The grant as ``patientkey wallet grants`` lists it (metadata only)."""
@@ -297,10 +302,7 @@ def check(
         grant.in_force(entry, now) and entry.allows(action, record)
         for entry in claims.authorization_details
     )
-    grant_allows = any(
-        grant.in_force(entry, now) and entry.allows(action, record) for entry in grant.details
-    )
-    if owner != grant.user_id or not (token_allows and grant_allows):
+    if owner != grant.user_id or not (token_allows and grant.allows(action, record, now)):
         event = _event(
             grant, AuditKind.REFUSED, now, actor=claims.client_id, detail="not granted", **used
         )
@@ -327,3 +329,25 @@ def check(
             )
             raise _refuse(step.error(), event)
     return Use(grant, _event(grant, AuditKind.USED, now, actor=claims.client_id, **used))
+
+
+def find_use(
+    store: GrantStore,
+    *,
+    user_id: str,
+    client_id: str,
+    action: Action,
+    record: RecordRef,
+    now: int,
+) -> Use | None:
+    """A use by the patient of a live grant to ``client_id`` allowing ``action`` on
+    ``record``, or None (the share gate: no token, the patient's wallet asks)."""
+    for grant in store.for_user(user_id):
+        if (
+            grant.client_id == client_id
+            and grant.live_status(now) == "active"
+            and grant.allows(action, record, now)
+        ):
+            used = {"action": action, "his_id": record.his_id, "p_id": record.p_id}
+            return Use(grant, _event(grant, AuditKind.USED, now, actor=user_id, **used))
+    return None

@@ -20,10 +20,12 @@ What is advertised, and where it comes from:
   :mod:`patientkey.authz.clientauth` accepts (RFC 8414 §2: required when
   ``private_key_jwt`` is listed; ``none`` never appears).
 * ``backchannel_token_delivery_modes_supported``: poll and ping (push is not offered);
-  ``backchannel_user_code_parameter_supported``: true (CIBA §7.1 ``user_code`` is
-  checked for patients who set one). ``backchannel_authentication_request_signing_alg_
-  values_supported`` is omitted: CIBA §4 says omitting it means signed authentication
-  requests are not supported, which is the case.
+  ``backchannel_user_code_parameter_supported``: what the caller says (``user_code``;
+  true by default: CIBA §7.1 ``user_code`` is checked for patients who set one; a server
+  whose user directory keeps no user codes says false).
+  ``backchannel_authentication_request_signing_alg_values_supported`` is omitted: CIBA
+  §4 says omitting it means signed authentication requests are not supported, which is
+  the case.
 * ``acr_values_supported``: the eIDAS LoA URIs (low, substantial, high), the ``acr``
   values of tokens and of RFC 9470 step-up challenges.
 * ``scopes_supported``: ``openid`` only; what is authorized travels in
@@ -62,6 +64,13 @@ from patientkey.authz.clients import CIBA_GRANT_TYPE
 from patientkey.authz.rar import DETAILS_TYPE
 from patientkey.errors import ConfigError
 from patientkey.identity.assurance import ACR_VALUES, AssuranceLevel
+from patientkey.protocol.routes import (
+    OAUTH_BC_AUTHORIZE,
+    OAUTH_INTROSPECT,
+    OAUTH_JWKS,
+    OAUTH_REVOKE,
+    OAUTH_TOKEN,
+)
 
 __all__ = [
     "AUTH_METHODS",
@@ -72,14 +81,15 @@ __all__ = [
     "server_metadata",
 ]
 
-#: Where each endpoint lives, relative to the issuer (or an absolute https URL).
+#: Where each endpoint lives, relative to the issuer (or an absolute https URL): the
+#: routes the platform serves them on.
 DEFAULT_PATHS: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "backchannel_authentication_endpoint": "/bc-authorize",
-        "token_endpoint": "/token",
-        "introspection_endpoint": "/introspect",
-        "revocation_endpoint": "/revoke",
-        "jwks_uri": "/jwks",
+        "backchannel_authentication_endpoint": OAUTH_BC_AUTHORIZE,
+        "token_endpoint": OAUTH_TOKEN,
+        "introspection_endpoint": OAUTH_INTROSPECT,
+        "revocation_endpoint": OAUTH_REVOKE,
+        "jwks_uri": OAUTH_JWKS,
     }
 )
 AUTH_METHODS: Final = ("private_key_jwt",)
@@ -90,11 +100,16 @@ MAX_URL_CHARS: Final = 2048
 
 
 def server_metadata(
-    issuer: str, *, catalog: Catalog, paths: Mapping[str, str] | None = None
+    issuer: str,
+    *,
+    catalog: Catalog,
+    paths: Mapping[str, str] | None = None,
+    user_code: bool = True,
 ) -> dict[str, Any]:
     """The metadata document of the authorization server ``issuer``.
 
-    ``paths`` overrides entries of :data:`DEFAULT_PATHS` by member name. Raises
+    ``paths`` overrides entries of :data:`DEFAULT_PATHS` by member name; ``user_code``
+    says whether any user may require a CIBA ``user_code`` (CIBA §4). Raises
     ConfigError for an issuer that is not an https URL without query and fragment, or
     for an unknown or malformed path.
     """
@@ -117,7 +132,7 @@ def server_metadata(
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "backchannel_token_delivery_modes_supported": ["poll", "ping"],
-        "backchannel_user_code_parameter_supported": True,
+        "backchannel_user_code_parameter_supported": user_code,
         "authorization_details_types_supported": [DETAILS_TYPE],
         "acr_values_supported": [ACR_VALUES[level] for level in AssuranceLevel],
         "scopes_supported": ["openid"],

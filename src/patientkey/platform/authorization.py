@@ -65,7 +65,7 @@ from patientkey.authz.errors import (
     InvalidToken,
     OAuthError,
 )
-from patientkey.authz.grants import Grant, Use, check, create_grant, revoke_grant
+from patientkey.authz.grants import Grant, Use, check, create_grant, find_use, revoke_grant
 from patientkey.authz.introspection import introspect
 from patientkey.authz.metadata import server_metadata
 from patientkey.authz.rar import (
@@ -192,7 +192,8 @@ class _Users:
         return ciba.UserEntry(user_id=user_id) if known else None
 
     def check_user_code(self, user_id: str, code: str) -> bool:
-        return False  # no patient requires a user_code (backchannel_user_code_parameter off)
+        # No patient requires a user_code; metadata says so (user_code=False).
+        return False
 
 
 class AuthorizationServer:
@@ -251,7 +252,9 @@ class AuthorizationServer:
 
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 / OpenID Discovery metadata (``authz.metadata``)."""
-        return server_metadata(self.issuer, catalog=self.catalog)
+        # No patient can set a CIBA user_code here (``_Users.check_user_code``): a
+        # user_code a client sent would be ignored, so none is advertised.
+        return server_metadata(self.issuer, catalog=self.catalog, user_code=False)
 
     def jwks(self) -> dict[str, Any]:
         """The public keys access tokens are verified with."""
@@ -354,7 +357,7 @@ class AuthorizationServer:
                     repo,
                     AuditEvent(
                         kind=AuditKind.INTROSPECTED,
-                        at=int(self._now()),
+                        at=self._now(),
                         user_id=body.get("sub"),
                         client_id=body.get("client_id"),
                         grant_id=body.get("grant_id"),
@@ -923,28 +926,18 @@ class AuthorizationServer:
     ) -> Grant:
         """A live grant of ``user_id`` to ``client_id`` allowing ``action`` on ``record``
         (the share gate: the patient shares only with whom they granted)."""
-        now = self._now()
         with self._store.transaction() as repo:
-            for grant in repo.grants.for_user(user_id):
-                if grant.client_id != client_id or grant.live_status(now) != "active":
-                    continue
-                if any(e.allows(action, record) and grant.in_force(e, now) for e in grant.details):
-                    _record(
-                        repo,
-                        AuditEvent(
-                            kind=AuditKind.USED,
-                            at=now,
-                            user_id=user_id,
-                            client_id=client_id,
-                            grant_id=grant.grant_id,
-                            scenario=grant.scenario,
-                            actor=user_id,
-                            action=action,
-                            his_id=record.his_id,
-                            p_id=record.p_id,
-                        ),
-                    )
-                    return grant
+            use = find_use(
+                repo.grants,
+                user_id=user_id,
+                client_id=client_id,
+                action=action,
+                record=record,
+                now=self._now(),
+            )
+            if use is not None:
+                _record(repo, use.event)
+                return use.grant
         raise Forbidden(f"no live grant lets {client_id} {action} this record")
 
 
