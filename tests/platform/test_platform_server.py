@@ -10,19 +10,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from platform_world import PARTIES, FakeThirdParty
 from sqlalchemy import text
 from typer.testing import CliRunner
 
 from patientkey.audit import SignedTreeHead, check_consistency, verify_tree_head
+from patientkey.crypto import read_keystore, write_keystore
+from patientkey.errors import ConfigError
 from patientkey.keysupply.hopkey import QkdPolicy
 from patientkey.keysupply.pool import KeyPool
+from patientkey.keysupply.pq import PqResponder
 from patientkey.keysupply.rekey import HopReceiver, HopSender
 from patientkey.kme.server import KmeProcess
 from patientkey.pki import client_ssl_context, init_pki
 from patientkey.platform.cli import app as cli
-from patientkey.platform.server import PlatformProcess
+from patientkey.platform.server import PlatformProcess, load_keys
+from patientkey.platform.settings import load_platform_settings
 from patientkey.protocol.channel import HopEnd
 from patientkey.protocol.messages import ListRequest, RecordList
 from patientkey.service.client import PeerClient
@@ -272,6 +276,29 @@ def test_server_refuses_a_bad_config(tmp_path: Path, pki_dir: Path):
     )
     with pytest.raises(RuntimeError, match="exited with 2"), PlatformProcess(bad, timeout=20):
         pass
+
+
+def test_a_keystore_with_one_authorization_key_of_two_is_refused(
+    tmp_path: Path, pki_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A signing key without its MAC secret is damage: refused, the keystore left as it is."""
+    monkeypatch.setenv("PATIENTKEY_PASSPHRASE", "correct horse battery staple")
+    path = tmp_path / "platform.toml"
+    path.write_text(
+        f'name = "platform"\npki_dir = "{pki_dir}"\ndatabase = "sqlite:///p.db"\n'
+        'keystore = "platform.keystore"\n',
+        encoding="utf-8",
+    )
+    settings = load_platform_settings(path)
+    assert settings.keystore is not None
+    stored = {
+        "pq_responder": PqResponder().private_bytes(),
+        "authz_signing": Ed25519PrivateKey.generate().private_bytes_raw(),
+    }
+    write_keystore(settings.keystore, "correct horse battery staple", stored)
+    with pytest.raises(ConfigError, match="one authorization key of two"):
+        load_keys(settings)
+    assert read_keystore(settings.keystore, "correct horse battery staple") == stored
 
 
 def _signed_head(pki_dir: Path, base_url: str) -> tuple[SignedTreeHead, str]:

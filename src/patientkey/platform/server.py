@@ -160,6 +160,10 @@ def load_keys(settings: PlatformSettings) -> PlatformKeys:
             ) from exc
         if _PQ_SECRET not in stored:
             raise ConfigError(f"{settings.keystore} holds no {_PQ_SECRET}")
+        if (_AUTHZ_SIGNING in stored) != (_AUTHZ_SECRET in stored):
+            # One without the other is damage, not an older keystore: replacing the pair
+            # would silently end every token and sealed TOTP enrollment.
+            raise ConfigError(f"{settings.keystore} holds one authorization key of two")
     try:
         responder = (
             PqResponder.from_private_bytes(stored[_PQ_SECRET])
