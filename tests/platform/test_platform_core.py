@@ -20,6 +20,7 @@ from platform_flows import (
 )
 from platform_world import HIS, World
 
+from patientkey.authz.errors import InvalidToken
 from patientkey.crypto import SealedRecord, SymmetricRecipient, add_recipient, unwrap_dek
 from patientkey.crypto.ratchet import (
     RotationContext,
@@ -381,6 +382,29 @@ def test_share_refusals(world):
     assert snapshot(world.store) == before
     assert world.hospital.calls["record"] == 0
     assert alice.kuh
+
+
+def test_share_without_a_grant_is_forbidden_before_the_hospital_is_asked(world):
+    """The share gate: no live grant to the third party, no offer, nothing stored."""
+    alice = setup_alice(world)
+    world.register()
+    before = snapshot(world.store)
+    with pytest.raises(Forbidden):
+        offer(world, alice, "rx-1", "pharmacy-1", grant=False)
+    assert snapshot(world.store) == before
+    assert world.hospital.calls["record"] == 0
+
+
+def test_dispense_without_an_access_token_is_refused(world):
+    """The token gate: a shared prescription is still not claimed without a token."""
+    alice = setup_alice(world)
+    world.register()
+    share(world, alice, "rx-1", "pharmacy-1")
+    before = snapshot(world.store)
+    request = DispenseRequest(b_id="pharmacy-1", his_id=HIS, p_id="rx-1", action="claim")
+    with pytest.raises(InvalidToken):
+        world.core.dispense("pharmacy-1", request)
+    assert snapshot(world.store) == before
 
 
 def test_kub_unknown_receipt_records_no_share(world):
