@@ -14,7 +14,6 @@ session), so it plugs into the envelope opener as its key resolver.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -130,11 +129,18 @@ class HopSender:
     def _fetch(self) -> QKey:
         assert self._supply is not None
         if not self._ahead and self._prefetch > 1:
-            # Fewer keys than a batch, or a smaller per-request limit: one will do.
-            with contextlib.suppress(KeySupplyBadRequest, KeyUnavailable):
+            try:
                 self._ahead.extend(
                     self._supply.get_keys(self._peer, self._prefetch, self._rekey.key_bits)
                 )
+            except KeySupplyBadRequest:
+                # The KME allows fewer keys per request (ETSI GS QKD 014 Status,
+                # max_key_per_request): asking for the batch again would cost every
+                # message a second, refused round trip.
+                log.warning("KME refuses batches of %d keys for %s", self._prefetch, self._peer)
+                self._prefetch = 1
+            except KeyUnavailable:
+                pass  # fewer keys than a batch just now: one will do
         if self._ahead:
             return self._ahead.popleft()
         return self._supply.get_keys(self._peer, 1, self._rekey.key_bits)[0]
