@@ -70,9 +70,9 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from patientkey.bench import DEFAULT_PG_URL
 from patientkey.bench.rx import (
     _BENCH_KDF,
-    DEFAULT_PG_URL,
     PhaseResult,
     _add_cpu_per_op,
     _closed_loop,
@@ -92,6 +92,7 @@ from patientkey.bench.rx import (
 )
 from patientkey.demo.network import OTP_OUTBOX
 from patientkey.errors import InvalidInput
+from patientkey.thirdparty.oauth import OAuthClient, record_details
 
 __all__ = [
     "PHASES",
@@ -171,21 +172,17 @@ class _Patient:
     """One virtual patient and the pharmacy's client that asks them, driven by one thread."""
 
     def __init__(
-        self, user_id: str, his_id: str, wallet: Any, client: Any, outbox: _Outbox | None
+        self, user_id: str, his_id: str, wallet: Any, client: OAuthClient, outbox: _Outbox | None
     ) -> None:
         self.user_id = user_id
         self.wallet = wallet
         self.client = client
         self.outbox = outbox  # None: approve with the password
-        self.details = [
-            {
-                "type": "health_record_access",
-                "record_types": ["prescription"],
-                "records": {"his_id": his_id, "ids": [f"rx-{user_id}"]},
-                "actions": ["view", "fetch", "store", "use"],
-                "purpose": "pharmacy_dispense",
-            }
-        ]
+        self.details = record_details(
+            [f"{his_id}:rx-{user_id}"],
+            purpose="pharmacy_dispense",
+            actions=["view", "fetch", "store", "use"],
+        )
         self.tokens: list[str] = []
         self.turn = 0
 
@@ -260,7 +257,6 @@ def _open_patients(
     timings: dict[str, float],
 ) -> list[_Patient]:
     """Virtual patients: certificates, charged pools, wallets, enrolled identities."""
-    from patientkey.thirdparty.oauth import OAuthClient
     from patientkey.thirdparty.settings import load_thirdparty_settings
 
     users = [f"u-authbench-{i:03d}" for i in range(options.concurrency)]

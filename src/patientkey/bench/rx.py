@@ -89,6 +89,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from patientkey.bench import DEFAULT_PG_URL
 from patientkey.errors import InvalidInput, PatientKeyError
 from patientkey.protocol.routes import PING
 
@@ -119,8 +120,6 @@ PEER_CALLS: Final = {
 TARGET_CALLS_PER_S: Final = 1770.0
 TARGET_P99_MS: Final = 100.0
 PROFILE_ENV: Final = "PATIENTKEY_BENCH_PROFILE"
-PG_URL_ENV: Final = "PATIENTKEY_BENCH_PG_URL"
-DEFAULT_PG_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BIND_LIMIT: Final = 1_000_000
 _HIS_PARTIES: Final = ("platform", "hospital-1", "pharmacy-1")
 # The wallets' keystores are made and opened once per run: a cheap Argon2id cost

@@ -11,12 +11,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from patientkey.bench import DEFAULT_PG_URL, PG_URL_ENV
 
 app = typer.Typer(help="Benchmarks.")
 
@@ -31,11 +33,10 @@ Workdir = Annotated[
 PgUrl = Annotated[
     str,
     typer.Option(
-        envvar="PATIENTKEY_BENCH_PG_URL",
+        envvar=PG_URL_ENV,
         help="PostgreSQL for --database postgres (a schema per party, dropped afterwards).",
     ),
 ]
-_PG_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @contextlib.contextmanager
@@ -189,7 +190,7 @@ def rx(
     ops: str = typer.Option(
         "bind,cold_fetch,cached_fetch,share", help="Operations to measure, comma-separated."
     ),
-    pg_url: PgUrl = _PG_URL,
+    pg_url: PgUrl = DEFAULT_PG_URL,
     profile: Path | None = typer.Option(
         None, help="Run the platform under cProfile (one worker) and write the stats here."
     ),
@@ -237,7 +238,7 @@ def auth(
         1000, min=16, help="KUE pool keys per direction charged to each virtual patient."
     ),
     workdir: Workdir = None,
-    pg_url: PgUrl = _PG_URL,
+    pg_url: PgUrl = DEFAULT_PG_URL,
     proofs: str = typer.Option(
         "password",
         help="Approval proofs besides the device signature: password (Argon2id) or otp "
