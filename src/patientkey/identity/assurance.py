@@ -156,15 +156,16 @@ def factor_count(proofs: Iterable[ProofKind]) -> int:
 
 
 def acr_for(level: AssuranceLevel) -> str:
-    """The ``acr`` claim value of ``level``."""
+    """The ``acr`` claim value of ``level`` (:attr:`AssuranceLevel.acr`, checked)."""
     if not isinstance(level, AssuranceLevel):
         raise InvalidInput("unknown assurance level")
-    return ACR_VALUES[level]
+    return level.acr
 
 
 def level_for_acr(acr: str) -> AssuranceLevel:
-    """The level an ``acr`` value (an ``acr_values`` entry of a request) names."""
-    level = _LEVEL_BY_ACR.get(acr) if isinstance(acr, str) else None
+    """The level an ``acr`` value (an ``acr_values`` entry of a request) names;
+    InvalidInput where :func:`level_of_acr` answers None."""
+    level = level_of_acr(acr)
     if level is None:
         raise InvalidInput("unknown acr value")
     return level
