@@ -676,13 +676,15 @@ class OAuthClient:
     def from_settings(cls, settings: ThirdPartySettings, *, timeout_s: float = 10.0) -> Self:
         """The third party's client: its certificate key, TLS trusting only the PKI's CA
         (and presenting its client certificate, which the platform may check)."""
+        # Everything that can fail on the settings comes before the client it would leak.
         key = ClientKey.from_pki(settings.pki_dir, settings.name)
+        issuer = settings.oauth_issuer
         http = httpx.Client(
             verify=client_ssl_context(settings.pki_dir, settings.name),
             timeout=timeout_s,
             follow_redirects=False,
         )
-        return cls(key, settings.oauth_issuer, http=http)
+        return cls(key, issuer, http=http)
 
     def close(self) -> None:
         self._http.close()
